@@ -1,0 +1,191 @@
+"""Keras-equivalent building blocks.
+
+The original MSRF-Net is a Keras 2.3.1 / TF 2.2 model. A handful of its operations differ from
+PyTorch's look-alikes by a shift or an interpolation rule, and each difference changes the function
+(spec §1.8 of ``msrf-net-original.md``). They live here, each small and tested on its own
+(``tests/test_layers.py``), so that the model files read like the paper.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Keras ``BatchNormalization`` defaults: epsilon 1e-3 and momentum 0.99 (torch counts momentum
+#: the other way round: new = (1 - m) * old + m * batch, so 0.99 becomes 0.01).
+KERAS_BN_EPS = 1e-3
+KERAS_BN_MOMENTUM = 0.01
+
+
+def keras_bn(num_features: int, eps: float = KERAS_BN_EPS) -> nn.BatchNorm2d:
+    """BatchNorm2d with Keras' defaults (eps 1e-3, momentum 0.99)."""
+    return nn.BatchNorm2d(num_features, eps=eps, momentum=KERAS_BN_MOMENTUM)
+
+
+class SameConv2d(nn.Conv2d):
+    """``Conv2D(padding='same')`` exactly as TensorFlow pads it.
+
+    TF splits the total padding so that the odd pixel goes to the bottom/right. For stride 1 and an
+    odd kernel this is PyTorch's symmetric padding; for a 3×3 stride-2 conv on an even input the
+    total padding is 1, all of it at the bottom/right, where ``Conv2d(padding=1)`` would shift the
+    result by one pixel (a max difference of ~19 on random data).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=bias)
+        k = kernel_size
+        if stride == 1:
+            # symmetric when k is odd; the extra pixel of an even kernel goes bottom/right
+            total = k - 1
+            self._pad = (total // 2, total - total // 2, total // 2, total - total // 2)
+        else:
+            self._pad = None  # depends on the input size: computed in forward
+        self._k, self._s = k, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = self._pad
+        if pad is None:
+            pad = _tf_same_pad(x.shape[-1], self._k, self._s) + _tf_same_pad(x.shape[-2], self._k, self._s)
+        if any(pad):
+            x = F.pad(x, pad)
+        return super().forward(x)
+
+
+def _tf_same_pad(size: int, k: int, s: int) -> tuple[int, int]:
+    out = math.ceil(size / s)
+    total = max((out - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+class SameConvTranspose2d(nn.ConvTranspose2d):
+    """``Conv2DTranspose(strides=2, padding='same')`` as Keras computes it: output = 2·input.
+
+    TF computes the full transposed convolution and crops ``total = k - s`` pixels, the odd one
+    (if any) at the *top/left* (the transpose of the forward conv's bottom/right padding):
+
+    - k=3: full output 2H+1, crop 1 at the bottom/right → ``[:2H, :2W]``;
+    - k=4: crop 1 on each side → ``padding=1``;
+    - k=1: full output 2H-1, *pad* 1 at the bottom/right → ``output_padding=1``, data at even
+      positions, the bias alone at odd ones (official ``Up3``, issue #23).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2, bias: bool = True):
+        total = kernel_size - stride
+        if total >= 0:
+            padding, output_padding = total // 2, 0
+        else:
+            padding, output_padding = 0, -total
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+            output_padding=output_padding, bias=bias,
+        )
+        # an odd total leaves one extra row/column that TF takes from the end
+        self._crop = total >= 0 and total % 2 == 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        h, w = x.shape[-2] * self.stride[0], x.shape[-1] * self.stride[1]
+        y = super().forward(x)
+        if self._crop:
+            y = y[..., :h, :w]
+        return y
+
+
+def legacy_bilinear_upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Keras 2.3.1 ``UpSampling2D(interpolation='bilinear')`` = TF1 ``resize_bilinear``.
+
+    TF1's rule has no half-pixel centres: ``src = dst / f``, ``i0 = floor(src)``,
+    ``i1 = min(i0 + 1, n - 1)``. That is exactly ``align_corners=True`` interpolation of the input
+    padded by one replicated row/column at the bottom/right, from ``n + 1`` to ``n·f + 1`` samples
+    (the step is ``n / (n·f) = 1/f``), cropped to ``n·f``. Using the native kernel keeps it fast
+    and exportable. ``F.interpolate(align_corners=False)`` differs by up to ~1.6 on random data.
+    """
+    if factor == 1:
+        return x
+    h, w = x.shape[-2:]
+    xp = F.pad(x, (0, 1, 0, 1), mode="replicate")
+    y = F.interpolate(xp, size=(h * factor + 1, w * factor + 1), mode="bilinear", align_corners=True)
+    return y[..., : h * factor, : w * factor]
+
+
+class LegacyUpsample(nn.Module):
+    """Module form of :func:`legacy_bilinear_upsample` (Keras ``UpSampling2D(size=f, 'bilinear')``)."""
+
+    def __init__(self, factor: int):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return legacy_bilinear_upsample(x, self.factor)
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018) as the official ``se_block``: GAP → Dense(C/r, ReLU)
+    → Dense(C, sigmoid) → channel-wise scale. Dense layers have biases; r = 16."""
+
+    def __init__(self, channels: int, ratio: int = 16):
+        super().__init__()
+        self.fc1 = nn.Linear(channels, channels // ratio)
+        self.fc2 = nn.Linear(channels // ratio, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(dim=(2, 3))
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
+        return x * s[:, :, None, None]
+
+
+# --- Keras initialisers ------------------------------------------------------------------------
+# Keras' VarianceScaling uses fan_in = k·k·in and fan_out = k·k·out for *both* Conv2D and
+# Conv2DTranspose (its kernel shape is (k, k, out, in) for the transpose and Keras reads the last
+# two axes as (in, out) regardless), so the fans are computed here from the Keras view.
+
+
+def _keras_fans(m: nn.Module) -> tuple[int, int]:
+    w = m.weight
+    if isinstance(m, nn.Linear):
+        return w.shape[1], w.shape[0]
+    rf = w.shape[2] * w.shape[3]
+    if isinstance(m, nn.ConvTranspose2d):  # torch (in, out, kh, kw); Keras reads (kh, kw, out, in)
+        return rf * w.shape[1], rf * w.shape[0]
+    return rf * w.shape[1], rf * w.shape[0]
+
+
+@torch.no_grad()
+def glorot_uniform_(m: nn.Module) -> None:
+    """Keras' default kernel initialiser."""
+    fan_in, fan_out = _keras_fans(m)
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    m.weight.uniform_(-limit, limit)
+
+
+@torch.no_grad()
+def he_normal_(m: nn.Module) -> None:
+    """Keras 2.3 ``he_normal``: truncated normal (±2σ) with σ = sqrt(2 / fan_in) / 0.8796."""
+    fan_in, _ = _keras_fans(m)
+    std = math.sqrt(2.0 / fan_in) / 0.87962566103423978
+    nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std)
+
+
+@torch.no_grad()
+def keras_init_(module: nn.Module) -> None:
+    """Keras' defaults for every layer under ``module``: glorot-uniform kernels, zero biases, BN
+    γ=1, β=0. Layers that the original initialises otherwise carry a ``keras_init`` attribute
+    (``"he_normal"`` or a ``(mean, std)`` normal) set by the model builder."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            how = getattr(m, "keras_init", "glorot_uniform")
+            if how == "he_normal":
+                he_normal_(m)
+            elif isinstance(how, tuple):
+                m.weight.normal_(*how)
+            else:
+                glorot_uniform_(m)
+            if m.bias is not None:
+                m.bias.zero_()
+        elif isinstance(m, nn.BatchNorm2d):
+            m.reset_parameters()
