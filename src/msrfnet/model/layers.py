@@ -35,36 +35,28 @@ class SameConv2d(nn.Conv2d):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = True):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=bias)
-        k = kernel_size
-        if stride == 1:
-            # symmetric when k is odd; the extra pixel of an even kernel goes bottom/right
-            total = k - 1
-            self._pad = (total // 2, total - total // 2, total // 2, total - total // 2)
-        else:
-            self._pad = None  # depends on the input size: computed in forward
-        self._k, self._s = k, stride
+        # For an input size divisible by the stride (the model guarantees it: sizes are multiples of
+        # 8) TF's total padding is max(k - s, 0) whatever the size, so it is static; the odd pixel
+        # goes bottom/right. A symmetric pad is left to the conv kernel itself (no extra copy).
+        total = max(kernel_size - stride, 0)
+        before, after = total // 2, total - total // 2
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride,
+            padding=before if before == after else 0, bias=bias,
+        )
+        self._pad = None if before == after else (before, after, before, after)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad = self._pad
-        if pad is None:
-            pad = _tf_same_pad(x.shape[-1], self._k, self._s) + _tf_same_pad(x.shape[-2], self._k, self._s)
-        if any(pad):
-            x = F.pad(x, pad)
+        if self._pad is not None:
+            x = F.pad(x, self._pad)
         return super().forward(x)
-
-
-def _tf_same_pad(size: int, k: int, s: int) -> tuple[int, int]:
-    out = math.ceil(size / s)
-    total = max((out - 1) * s + k - size, 0)
-    return total // 2, total - total // 2
 
 
 class SameConvTranspose2d(nn.ConvTranspose2d):
     """``Conv2DTranspose(strides=2, padding='same')`` as Keras computes it: output = 2·input.
 
-    TF computes the full transposed convolution and crops ``total = k - s`` pixels, the odd one
-    (if any) at the *top/left* (the transpose of the forward conv's bottom/right padding):
+    TF computes the full transposed convolution and crops ``total = k - s`` pixels from it,
+    ``total // 2`` at the top/left and the rest at the bottom/right:
 
     - k=3: full output 2H+1, crop 1 at the bottom/right → ``[:2H, :2W]``;
     - k=4: crop 1 on each side → ``padding=1``;
@@ -86,10 +78,9 @@ class SameConvTranspose2d(nn.ConvTranspose2d):
         self._crop = total >= 0 and total % 2 == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        h, w = x.shape[-2] * self.stride[0], x.shape[-1] * self.stride[1]
         y = super().forward(x)
         if self._crop:
-            y = y[..., :h, :w]
+            y = y[..., :-1, :-1]
         return y
 
 

@@ -1,0 +1,100 @@
+"""The DSDF block (dual-scale dense fusion, paper Fig. 2a) and the MSRF sub-network (Fig. 2b).
+
+A DSDF block runs two dense streams, one per scale, that exchange features after every layer: a
+3×3 stride-2 conv ``D`` takes high-resolution features down, a 3×3 stride-2 transposed conv ``U``
+takes low-resolution features up. Five conv + LeakyReLU(0.25) layers per stream, growth ``g``, no
+BatchNorm; the block returns ``X_h + 0.4·M_5,h`` and ``X_l + 0.4·M_5,l``.
+
+``variant="official"`` reproduces the official ``RDDB`` layer graph exactly, with its departures
+from Fig. 2a: the first low-resolution layer is LeakyReLU(X_l) with its conv discarded (issue #15),
+the first exchange takes the block inputs (#14) and the second takes layer 1 (#16–#18).
+``variant="clean"`` wires the block as drawn: ``l1 = C_g(X_l)`` and every exchange takes the latest
+layer of the other stream. Both keep the block input in every layer's dense concatenation (#19):
+the figure is ambiguous there and the residual dense blocks that DSDF builds on (ESRGAN's RRDB)
+concatenate it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import SameConv2d, SameConvTranspose2d
+
+SLOPE = 0.25  # LeakyReLU slope of the official code
+RESIDUAL_SCALE = 0.4  # the paper's scaling weight w
+
+#: Which layer of each stream feeds exchange i (0 = the block input, k = the k-th layer output).
+_EXCHANGE_SOURCES = {"official": (0, 1, 3, 4), "clean": (1, 2, 3, 4)}
+
+#: The chained block order of Fig. 2b: (high scale, low scale) of blocks 1..10, scales 0-based.
+MSRF_SCHEDULE = ((0, 1), (2, 3), (0, 1), (2, 3), (1, 2), (0, 1), (2, 3), (1, 2), (0, 1), (2, 3))
+
+
+class DSDFBlock(nn.Module):
+    """One DSDF block on a (high, low) scale pair with ``c_l = 2·c_h`` and growth ``g = c_h / 2``.
+
+    Official-code names: ``high[i]`` = ``x{i+1}``, ``low[i]`` = ``y{i+1}``, ``down[i]`` =
+    ``x{i+1}c``, ``up[i]`` = ``y{i+1}t``. ``low[0]`` exists only in the clean variant.
+    """
+
+    def __init__(self, high_channels: int, low_channels: int, growth: int, variant: str = "official"):
+        super().__init__()
+        if variant not in _EXCHANGE_SOURCES:
+            raise ValueError(f"variant must be 'official' or 'clean', got {variant!r}")
+        ch, cl, g = high_channels, low_channels, growth
+        self.variant = variant
+        self.sources = _EXCHANGE_SOURCES[variant]
+        official = variant == "official"
+        l1 = cl if official else g  # width of the first low-resolution layer's output
+
+        self.high = nn.ModuleList(
+            [SameConv2d(ch, g, 3)] + [SameConv2d(ch + i * g + g, ch if i == 4 else g, 3) for i in range(1, 5)]
+        )
+        low = [nn.Identity() if official else SameConv2d(cl, g, 3)]
+        low += [SameConv2d(cl + l1 + (i - 1) * g + g, cl if i == 4 else g, 3) for i in range(1, 5)]
+        self.low = nn.ModuleList(low)
+
+        def width(stream_first: int, block_in: int, src: int) -> int:
+            return block_in if src == 0 else (stream_first if src == 1 else g)
+
+        self.down = nn.ModuleList(
+            [SameConv2d(width(g, ch, s), g, 3, stride=2) for s in self.sources]
+        )
+        self.up = nn.ModuleList(
+            [SameConvTranspose2d(width(l1, cl, s), g, 3) for s in self.sources]
+        )
+
+    def forward(self, x_high: torch.Tensor, x_low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        act = lambda t: F.leaky_relu(t, SLOPE)  # noqa: E731
+        hs = [x_high, act(self.high[0](x_high))]
+        ls = [x_low, act(self.low[0](x_low))]  # official: LeakyReLU of the input itself (#15)
+        for i in range(1, 5):
+            s = self.sources[i - 1]
+            d = act(self.down[i - 1](hs[s]))
+            u = act(self.up[i - 1](ls[s]))
+            h = act(self.high[i](torch.cat(hs + [u], dim=1)))
+            l_ = act(self.low[i](torch.cat(ls + [d], dim=1)))
+            hs.append(h)
+            ls.append(l_)
+        return x_high + RESIDUAL_SCALE * hs[5], x_low + RESIDUAL_SCALE * ls[5]
+
+
+class MSRFSubnetwork(nn.Module):
+    """Ten DSDF blocks in the chained order of Fig. 2b, then the global residual
+    ``Y_s = E_s + 0.4·X_s`` (the official HEAD wires blocks 9/10 wrongly, #27; the paper's order
+    is used, as in every earlier version of the code)."""
+
+    def __init__(self, channels: tuple[int, ...] = (32, 64, 128, 256), variant: str = "official"):
+        super().__init__()
+        self.schedule = MSRF_SCHEDULE
+        self.blocks = nn.ModuleList(
+            [DSDFBlock(channels[h], channels[l_], channels[h] // 2, variant) for h, l_ in self.schedule]
+        )
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        x = list(feats)
+        for block, (h, l_) in zip(self.blocks, self.schedule):
+            x[h], x[l_] = block(x[h], x[l_])
+        return [e + RESIDUAL_SCALE * m for e, m in zip(feats, x)]
