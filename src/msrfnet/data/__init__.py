@@ -1,0 +1,62 @@
+"""Data: discovery and pairing, validation (``check-data``), splitting, pre-processing, cache,
+augmentation and the Lightning DataModule.
+
+Flow: files → :func:`read_image` / :func:`read_mask` → :func:`preprocess_pair` → cache
+(:func:`load_or_build_cache`) → :class:`MSRFDataset` (Canny maps per sample) → :class:`MSRFDataModule`.
+
+Names are imported on first use so ``msrf check-data`` does not pay for torch and Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "IMAGE_EXTENSIONS": "io",
+    "Pair": "io",
+    "pair_files": "io",
+    "read_image": "io",
+    "read_mask": "io",
+    "binarise_mask": "io",
+    "label_map_reason": "io",
+    "SPLITS": "layout",
+    "split_dir": "layout",
+    "split_pairs": "layout",
+    "CheckReport": "check",
+    "check_data": "check",
+    "split_dataset": "split",
+    "resize_image": "preprocess",
+    "resize_mask": "preprocess",
+    "preprocess_pair": "preprocess",
+    "binarise_grey": "preprocess",
+    "canny_map": "preprocess",
+    "SplitCache": "cache",
+    "load_or_build_cache": "cache",
+    "PresetAugment": "augment",
+    "MSRFDataset": "dataset",
+    "SampleSource": "dataset",
+    "MSRFDataModule": "datamodule",
+    "resolve_data_root": "root",
+    "sample_root": "root",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .augment import PresetAugment
+    from .cache import SplitCache, load_or_build_cache
+    from .check import CheckReport, check_data
+    from .datamodule import MSRFDataModule
+    from .dataset import MSRFDataset, SampleSource
+    from .io import IMAGE_EXTENSIONS, Pair, binarise_mask, label_map_reason, pair_files, read_image, read_mask
+    from .layout import SPLITS, split_dir, split_pairs
+    from .preprocess import binarise_grey, canny_map, preprocess_pair, resize_image, resize_mask
+    from .root import resolve_data_root, sample_root
+    from .split import split_dataset
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'msrfnet.data' has no attribute {name!r}")

@@ -1,0 +1,53 @@
+"""The dataset folder layout: ``ROOT/{train,val,test}/{images,masks}/``.
+
+``valid/`` is accepted for ``val/`` because the original ``train.py`` reads ``valid/`` while its
+README says ``val/`` (spec §2.5); having both is ambiguous and reported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import MSRFError
+from .io import Pair, Pairing, pair_files
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+_ALIASES: dict[str, tuple[str, ...]] = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
+
+
+def split_candidates(root: Path, split: str) -> list[Path]:
+    """The existing folders that could hold ``split`` (``val`` → ``val/`` and/or ``valid/``)."""
+    if split not in _ALIASES:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return [Path(root) / name for name in _ALIASES[split] if (Path(root) / name).is_dir()]
+
+
+def split_dir(root: Path, split: str) -> Path:
+    """The folder of ``split`` under ``root``; raises :class:`MSRFError` if missing or ambiguous."""
+    found = split_candidates(root, split)
+    names = "/ or ".join(_ALIASES[split]) + "/"
+    if not found:
+        raise MSRFError(f"{root}: no {names} folder (expected {root}/{split}/images and {root}/{split}/masks)")
+    if len(found) > 1:
+        raise MSRFError(f"{root}: both val/ and valid/ exist; keep one")
+    return found[0]
+
+
+def split_pairing(root: Path, split: str) -> Pairing:
+    """Pair ``images/`` with ``masks/`` of one split; paths in problems are relative to ``root``."""
+    folder = split_dir(root, split)
+    for sub in ("images", "masks"):
+        if not (folder / sub).is_dir():
+            raise MSRFError(f"{folder / sub}: folder missing (each split holds images/ and masks/)")
+    return pair_files(folder / "images", folder / "masks", base=Path(root))
+
+
+def split_pairs(root: Path, split: str) -> list[Pair]:
+    """The sorted pairs of one split; raises :class:`MSRFError` on the first pairing problem or if empty."""
+    pairing = split_pairing(root, split)
+    if pairing.problems:
+        extra = f" (and {len(pairing.problems) - 1} more; run `msrf check-data`)" if len(pairing.problems) > 1 else ""
+        raise MSRFError(f"{pairing.problems[0]} (in {root}){extra}")
+    if not pairing.pairs:
+        raise MSRFError(f"{split_dir(root, split)}: no image/mask pairs (empty split)")
+    return pairing.pairs
