@@ -107,7 +107,7 @@ def _torch_load_safe(path: Path) -> dict[str, Any]:
             f"{path}: refusing to load: the checkpoint contains pickled Python objects, which could run "
             f"code when opened (only tensors and plain data are accepted); re-save it as safetensors"
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # torch.load raises many types on garbage (IndexError, KeyError, ...)
         raise MSRFError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
 
 

@@ -196,19 +196,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (tests swap it between calls)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def _setup_logging() -> None:
+    pkg = logging.getLogger("msrfnet")
+    pkg.setLevel(logging.INFO)
+    if not any(isinstance(h, _StderrHandler) for h in pkg.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        pkg.addHandler(handler)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    pkg = logging.getLogger("msrfnet")
-    pkg.setLevel(logging.INFO)
-    pkg.addHandler(handler)
-    pkg.propagate = False
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    _setup_logging()
     try:
         return int(args.func(args) or 0)
     except MSRFError as e:
