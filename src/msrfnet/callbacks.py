@@ -68,12 +68,14 @@ class CurvePlot(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict.get("rows", []))
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        # validation has run by now (Lightning validates before the train-epoch-end hooks), and the
+        # epoch-averaged training loss exists only from here on
+        if not trainer.is_global_zero:
             return
         m = trainer.callback_metrics
         get = lambda k: float(m[k]) if k in m else float("nan")  # noqa: E731
-        self.rows = [r for r in self.rows if r["epoch"] != trainer.current_epoch]
+        self.rows = [r for r in self.rows if r["epoch"] != trainer.current_epoch + 1]
         self.rows.append({"epoch": trainer.current_epoch + 1, "train_loss": get("train/loss_epoch"),
                           "val_loss": get("val/loss"), "val_dsc": get("val/dsc")})
         self._write()

@@ -7,8 +7,9 @@ A run directory holds:
   best score, RNG) for ``--resume``; written atomically;
 - ``last.safetensors``, ``best.safetensors`` (+ ``best_metrics.json``) — the weights with config,
   metrics and package versions, what ``msrf test/predict/export --weights`` read;
-- ``logs/metrics.csv`` (and TensorBoard events when ``tensorboard`` is installed), ``history.csv``
-  and ``curves.png`` — loss and validation DSC per epoch.
+- ``logs/metrics.csv`` (and TensorBoard events when ``tensorboard`` is installed; a resumed run
+  writes ``logs-2/``, …), ``history.csv`` and ``curves.png`` — loss and validation DSC per epoch,
+  the whole run across resumes.
 """
 
 from __future__ import annotations
@@ -64,17 +65,27 @@ def build_trainer(config: Config, run_dir: Path, steps_per_epoch: int) -> L.Trai
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    loggers = [CSVLogger(str(run_dir), name="", version="logs")]
+    # a resumed run logs beside the earlier logs (Lightning's CSV logger would overwrite them)
+    version, n = "logs", 1
+    while (run_dir / version).exists():
+        n += 1
+        version = f"logs-{n}"
+    loggers = [CSVLogger(str(run_dir), name="", version=version)]
     try:
         import tensorboard  # noqa: F401
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(str(run_dir), name="", version="logs"))
+        loggers.append(TensorBoardLogger(str(run_dir), name="", version=version))
     except ImportError:
         pass
     # only the full state of the last epoch is kept (~300 MB with Adam's moments); the best
     # weights are best.safetensors (WeightsExport), which tracks the best score across resumes
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True)
+    # (monitor=None with save_top_k=1 keeps the latest epoch under one name; Lightning's save_last
+    # with save_top_k=0 would write only at the very end of training)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, save_last=False,
+        every_n_epochs=1, enable_version_counter=False,
+    )
     deterministic = config.deterministic and ("warn" if torch.cuda.is_available() else True)
     return L.Trainer(
         max_epochs=config.epochs,

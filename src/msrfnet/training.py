@@ -86,7 +86,7 @@ class MSRFModule(L.LightningModule):
     def _check_finite(self):
         if self._nonfinite is not None and bool(self._nonfinite):
             raise NonFiniteLossError(
-                f"the training loss became non-finite (NaN/inf) in epoch {self.current_epoch}; stopped, "
+                f"the training loss became non-finite (NaN/inf) in epoch {self.current_epoch + 1}; stopped, "
                 f"the last good checkpoint is kept (try a lower --lr or --precision 32)"
             )
 

@@ -1,0 +1,607 @@
+"""``msrf bench``: training and inference throughput, memory and MFU, baseline vs optimized, in one run.
+
+Two paths over the same random-weights MSRF-Net, on random data (images, Canny maps, masks, edges):
+
+- **baseline**: float32 eager, NCHW, ``torch.optim.Adam`` with its defaults (foreach on CUDA),
+  PyTorch's default backend flags (note: cuDNN convolutions may use TF32 by default; the JSON
+  records ``cudnn_allow_tf32``).
+- **optimized**: bfloat16 autocast (where the device has native bf16), channels-last, exact
+  sub-pixel transposed convolutions (:mod:`msrfnet.speed`), ``cudnn.benchmark``, ``torch.compile``
+  (``compile_mode``; falls back to eager on any compile error, reported as ``compile_status``), and
+  fused Adam on CUDA. On the CPU, inference uses :func:`msrfnet.speed.optimize_for_cpu_inference`
+  (bf16 weights and activations) and ``torch.compile`` is skipped unless ``compile_cpu=True``: on
+  2 busy cores compiling took ~3 min for inference and 6–8 min for the training step, and compiled
+  inference ran no faster than eager (1.058 vs 1.055 s/img on one core).
+
+What is timed: one full training step (forward, :class:`~msrfnet.losses.MSRFLoss`, backward,
+optimizer step; no data loading) and one inference forward (eval mode, ``torch.inference_mode``).
+Warm-up steps (which include compilation and cuDNN autotuning) are not timed. On CUDA the timed
+steps are bracketed by CUDA events with no host synchronisation between them.
+
+Definitions:
+
+- ``flops_per_img_fwd`` / ``flops_per_img_train``: counted by ``torch.utils.flop_counter`` on the
+  plain model (meta tensors, batch 1, scaled per image), forward and forward+loss+backward. These
+  are the model's nominal FLOPs (the sub-pixel form does 16/9 of the work in its 40 layers, ~3 %
+  more in all; not counted).
+- ``peak_tflops``: a measured bfloat16 matrix product on the device (8192³ on CUDA, 2048³ on the
+  CPU), random operands. ``mfu`` = achieved training TFLOP/s / ``peak_tflops`` (both paths against
+  the same bf16 peak).
+- ``peak_gib_per_train_img``: ``torch.cuda.max_memory_allocated`` over the timed training steps
+  divided by the batch size (it includes weights and Adam state, ~0.4 GiB for the whole batch).
+  ``None`` on the CPU: process RSS is not a per-step peak; ``cpu_max_rss_gib`` gives the process's
+  maximum resident size for orientation.
+- throughput: on CUDA all timed steps (total images / total time); on the CPU the fastest timed
+  step, the one least disturbed by other processes (``load_avg_1m`` tells how busy the machine
+  was). On the CPU ``infer_s_per_img`` / ``baseline_infer_s_per_img`` are seconds per image at
+  batch 1 with ``threads`` threads (default 2, or fewer if torch is limited to fewer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import functools
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .errors import MSRFError
+
+log = logging.getLogger(__name__)
+
+CUDA_DEFAULTS = {"batch_size": 32, "warmup": 3, "steps": 20}
+CPU_DEFAULTS = {"batch_size": 2, "warmup": 1, "steps": 2, "threads": 2}
+DEFAULT_COMPILE_MODE = "default"  # max-autotune tunes every conv shape: many minutes for this model
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    """How one path runs: numerics, memory layout, compilation, optimizer."""
+
+    name: str
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    subpixel: bool = False
+    compile: bool = False
+    compile_mode: str | None = None
+    fused_adam: bool = False
+    cudnn_benchmark: bool = False
+    cpu_inference_helper: bool = False  # CPU: optimize_for_cpu_inference for the inference part
+
+
+# --- devices and ceilings -------------------------------------------------------------------------
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MSRFError("msrf bench: --device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+    if dev.type not in ("cuda", "cpu"):
+        raise MSRFError(f"msrf bench: device must be cuda or cpu, got {device!r}")
+    return dev
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@functools.lru_cache(maxsize=8)
+def model_flops(image_size: int, variant: str = "official") -> tuple[float, float]:
+    """(forward, training) FLOPs per image: FlopCounterMode on meta tensors at batch 1."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .losses import MSRFLoss
+    from .model import MSRFNet
+
+    with torch.device("meta"):
+        net = MSRFNet(variant=variant)
+        x = torch.empty(1, 3, image_size, image_size)
+        canny, mask, edge = (torch.empty(1, 1, image_size, image_size) for _ in range(3))
+    with FlopCounterMode(display=False) as fc:
+        out = net(x, canny)
+    fwd = fc.get_total_flops()
+    with FlopCounterMode(display=False) as fc:
+        out = net(x, canny)
+        loss, _ = MSRFLoss()(out, mask, edge)
+        loss.backward()
+    return float(fwd), float(fc.get_total_flops())
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, n: int | None = None) -> float:
+    """Measured dense matmul rate (TFLOP/s) of n³ products on random operands: the median on CUDA,
+    the fastest on the CPU (as the model timings there). Cached per device, dtype, size, threads."""
+    return _matmul_peak(str(device), dtype, n, torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=8)
+def _matmul_peak(device_str: str, dtype: torch.dtype, n: int | None, threads: int) -> float:
+    device = torch.device(device_str)
+    n = n or (8192 if device.type == "cuda" else 2048)
+    reps, warm = (10, 3) if device.type == "cuda" else (3, 1)
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    for _ in range(warm):
+        a @ b
+    times = _time_calls(lambda: a @ b, reps, device)
+    return 2 * n**3 / (_median(times) if device.type == "cuda" else min(times)) / 1e12
+
+
+# --- timing -----------------------------------------------------------------------------------------
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2] if len(s) % 2 else 0.5 * (s[len(s) // 2 - 1] + s[len(s) // 2])
+
+
+def _time_calls(fn: Callable[[], Any], n: int, device: torch.device) -> list[float]:
+    """Seconds per call for n calls. CUDA: events recorded between calls, one sync at the end."""
+    if device.type == "cuda":
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(n + 1)]
+        torch.cuda.synchronize(device)
+        events[0].record()
+        for i in range(n):
+            fn()
+            events[i + 1].record()
+        torch.cuda.synchronize(device)
+        return [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(n)]
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _throughput(n: int, times: list[float], device: torch.device) -> float:
+    """Images/s: CUDA → all timed calls (the device is ours alone); CPU → the fastest call, the
+    one least disturbed by other processes on a shared machine."""
+    return n / min(times) if device.type == "cpu" else n * len(times) / sum(times)
+
+
+# --- one path ---------------------------------------------------------------------------------------
+def _random_batch(batch: int, size: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(batch, 3, size, size, generator=g)
+    canny = (torch.rand(batch, 1, size, size, generator=g) < 0.1).float()
+    mask = (torch.rand(batch, 1, size, size, generator=g) < 0.3).float()
+    edge = (torch.rand(batch, 1, size, size, generator=g) < 0.05).float()
+    return tuple(t.to(device) for t in (image, canny, mask, edge))
+
+
+def _prepare(model: torch.nn.Module, spec: PathSpec, device: torch.device) -> torch.nn.Module:
+    from .speed import use_subpixel_upsampling
+
+    net = copy.deepcopy(model)
+    if spec.subpixel:
+        use_subpixel_upsampling(net)
+    net = net.to(device)
+    if spec.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+class _Runner:
+    """Calls a module eagerly or compiled; a compile error at any call falls back to eager once."""
+
+    def __init__(self, net: torch.nn.Module, spec: PathSpec):
+        self.net = net
+        self.status = "off"
+        self.fn: Callable = net
+        self.cudagraphs = spec.compile and spec.compile_mode in ("reduce-overhead", "max-autotune")
+        if spec.compile:
+            mode = None if spec.compile_mode in (None, "default") else spec.compile_mode
+            try:
+                self.fn = torch.compile(net, mode=mode)
+                self.status = f"compiled ({spec.compile_mode or 'default'})"
+            except Exception as e:  # pragma: no cover - platform dependent
+                self._fallback(e)
+
+    def _fallback(self, e: BaseException) -> None:
+        msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+        log.warning("torch.compile failed (%s); running eagerly", msg)
+        self.status = f"fallback to eager: {msg}"
+        self.fn = self.net
+        self.cudagraphs = False
+
+    def guarded(self, call: Callable[[], Any]) -> Any:
+        """Run ``call`` (which uses ``self.fn``); on a compile-time error switch to eager and retry."""
+        if self.fn is self.net:
+            return call()
+        try:
+            return call()
+        except Exception as e:
+            if isinstance(e, torch.cuda.OutOfMemoryError):
+                raise
+            self._fallback(e)
+            with contextlib.suppress(Exception):
+                torch._dynamo.reset()
+            return call()
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def bench_training(model, spec: PathSpec, batch: tuple[torch.Tensor, ...], *, warmup: int, steps: int,
+                   device: torch.device, hook: Callable | None = None) -> dict[str, Any]:
+    """Times ``steps`` training steps after ``warmup`` untimed ones. ``hook(step, device)``, if given,
+    is called after the timing with the warm step function (to profile it); its return value is
+    kept as ``"hook"``."""
+    from .losses import MSRFLoss
+
+    net = _prepare(model, spec, device).train()
+    image, canny, mask, edge = batch
+    if spec.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    crit = MSRFLoss()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=True if spec.fused_adam else None)
+    runner = _Runner(net, spec)
+
+    def step() -> None:
+        if runner.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        opt.zero_grad(set_to_none=True)
+        with _autocast(device, spec.amp_dtype):
+            out = runner.fn(image, canny)
+        loss, _ = crit(out, mask, edge)
+        loss.backward()
+        opt.step()
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        runner.guarded(step)
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = _time_calls(step, steps, device)
+    n = image.shape[0]
+    res = {
+        "step_s_median": _median(times),
+        "step_s_min": min(times),
+        "img_s": _throughput(n, times, device),
+        "warmup_s": warmup_s,
+        "compile_status": runner.status,
+        "peak_gib_per_img": None,
+        "peak_gib": None,
+    }
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+        res.update(peak_gib=peak, peak_gib_per_img=peak / n)
+    if hook is not None:
+        res["hook"] = hook(step, device)
+    del net, opt, runner
+    return res
+
+
+def bench_inference(model, spec: PathSpec, image: torch.Tensor, canny: torch.Tensor, *, warmup: int, steps: int,
+                    device: torch.device) -> tuple[dict[str, Any], torch.Tensor]:
+    """Returns the timings and the final-mask probabilities of the first call (for the accuracy check)."""
+    if spec.cpu_inference_helper and device.type == "cpu":
+        from .speed import optimize_for_cpu_inference
+
+        net = optimize_for_cpu_inference(model, dtype=spec.amp_dtype or torch.float32,
+                                         channels_last=spec.channels_last, subpixel=spec.subpixel)
+        amp = None  # the helper holds the weights in its own dtype
+    else:
+        net = _prepare(model, spec, device).eval()
+        amp = spec.amp_dtype
+    if spec.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    runner = _Runner(net, spec)
+
+    def call():
+        if runner.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with _autocast(device, amp):
+            return runner.fn(image, canny)
+
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        prob = torch.sigmoid(runner.guarded(call).final.float()).clone()
+        for _ in range(max(warmup - 1, 0)):
+            runner.guarded(call)
+        _sync(device)
+        warmup_s = time.perf_counter() - t0
+        times = _time_calls(call, steps, device)
+    n = image.shape[0]
+    img_s = _throughput(n, times, device)
+    res = {
+        "s_per_img": 1.0 / img_s,
+        "s_per_img_median": _median(times) / n,
+        "img_s": img_s,
+        "warmup_s": warmup_s,
+        "compile_status": runner.status,
+    }
+    return res, prob
+
+
+# --- the run ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send everything written to stdout to stderr, Python-level and file-descriptor-level (compile
+    workers and C++ libraries write to fd 1 directly), so that the JSON stays alone on stdout."""
+    sys.stdout.flush()
+    saved = None
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no descriptor 1 or 2 (embedded interpreters)
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+@contextlib.contextmanager
+def _backend_state(device: torch.device, threads: int | None):
+    old_threads = torch.get_num_threads()
+    old_bench = torch.backends.cudnn.benchmark
+    if threads and device.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.backends.cudnn.benchmark = old_bench
+
+
+def _specs(device: torch.device, compile: bool, compile_mode: str | None, compile_cpu: bool,
+           channels_last: bool, subpixel: bool, amp: bool) -> tuple[PathSpec, PathSpec]:
+    from .speed import cpu_supports_bf16
+
+    cuda = device.type == "cuda"
+    bf16 = amp and (cuda and torch.cuda.is_bf16_supported() or not cuda and cpu_supports_bf16())
+    base = PathSpec("baseline")
+    opt = PathSpec(
+        "optimized",
+        amp_dtype=torch.bfloat16 if bf16 else None,
+        channels_last=channels_last,
+        subpixel=subpixel,
+        compile=compile and (cuda or compile_cpu),
+        compile_mode=compile_mode,
+        fused_adam=cuda,
+        cudnn_benchmark=cuda,
+        cpu_inference_helper=not cuda,
+    )
+    return base, opt
+
+
+def run_bench(
+    device: str | None = None,
+    as_json: bool = False,
+    batch_size: int | None = None,
+    image_size: int = 256,
+    steps: int | None = None,
+    compile: bool = True,
+    echo: Callable[[str], Any] = print,
+    *,
+    compile_mode: str | None = None,
+    channels_last: bool = True,
+    subpixel: bool = True,
+    amp: bool = True,
+    warmup: int | None = None,
+    infer_batch_size: int | None = None,
+    threads: int | None = None,
+    baseline: bool = True,
+    inference: bool = True,
+    compile_cpu: bool = False,
+    variant: str = "official",
+    seed: int = 0,
+    train_hook: Callable | None = None,
+) -> dict[str, Any]:
+    """Benchmark the baseline and the optimized path in one run; returns (and prints) the results.
+
+    ``device`` None → CUDA when available. Defaults: CUDA batch 32, 3 warm-up + 20 timed steps,
+    inference at the training batch size; CPU batch 2, 1 warm-up + 2 timed training steps,
+    inference at batch 1 (1 warm-up + ``max(steps, 3)`` timed), 2 threads. ``compile_mode`` is
+    ``torch.compile``'s mode (``"default"``, ``"reduce-overhead"`` = CUDA graphs,
+    ``"max-autotune-no-cudagraphs"``…; default ``DEFAULT_COMPILE_MODE``). ``baseline=False`` or
+    ``inference=False`` skip those parts (their keys are then ``None``). With ``as_json`` exactly one
+    JSON object goes to stdout and everything else to stderr; otherwise a table goes to ``echo``.
+    ``train_hook(step, device)`` is called with the optimized path's warm training step after its
+    timing (``tools/gpu_bench_probe.py`` profiles it there); its result is ``result["train_hook"]``.
+    """
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    d = CUDA_DEFAULTS if cuda else CPU_DEFAULTS
+    if image_size <= 0 or image_size % 8:
+        raise MSRFError(f"msrf bench: --image-size must be a positive multiple of 8, got {image_size}")
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise MSRFError(f"msrf bench: compile mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
+    compile_mode = compile_mode or DEFAULT_COMPILE_MODE
+    batch = batch_size or d["batch_size"]
+    steps_train = steps or d["steps"]
+    warm = warmup if warmup is not None else d["warmup"]
+    if cuda:
+        warm = max(warm, 1)
+    infer_batch = infer_batch_size or (batch if cuda else 1)
+    steps_infer = (steps or d["steps"]) if cuda else max(steps or 3, 3)
+    # 2 threads (the documented CPU figure), or fewer where torch is already limited to fewer
+    nthreads = None if cuda else (threads or min(CPU_DEFAULTS["threads"], torch.get_num_threads()))
+    if batch < 1 or steps_train < 1 or infer_batch < 1:
+        raise MSRFError("msrf bench: --batch-size and --steps must be at least 1")
+
+    stdout_guard = _stdout_to_stderr() if as_json else contextlib.nullcontext()
+    with stdout_guard, _backend_state(dev, nthreads):
+        result = _run(dev, batch, image_size, steps_train, steps_infer, warm, infer_batch, nthreads,
+                      _specs(dev, compile, compile_mode, compile_cpu, channels_last, subpixel, amp),
+                      compile=compile, compile_mode=compile_mode, baseline=baseline, inference=inference,
+                      variant=variant, seed=seed, train_hook=train_hook)
+    if as_json:
+        print(json.dumps(result), flush=True)
+    else:
+        for line in format_table(result):
+            echo(line)
+    return result
+
+
+def _run(dev, batch, image_size, steps_train, steps_infer, warm, infer_batch, nthreads, specs, *, compile,
+         compile_mode, baseline, inference, variant, seed, train_hook) -> dict[str, Any]:
+    from .model import MSRFNet
+
+    cuda = dev.type == "cuda"
+    base_spec, opt_spec = specs
+    torch.manual_seed(seed)
+    model = MSRFNet(variant=variant)
+    fwd_flops, train_flops = model_flops(image_size, variant)
+    log.info("bench: peak matmul rate on %s ...", dev)
+    peak = matmul_peak_tflops(dev)
+    data = _random_batch(batch, image_size, dev, seed)
+    infer_data = _random_batch(infer_batch, image_size, dev, seed + 1)[:2]
+
+    rows: dict[str, dict[str, Any]] = {}
+    probs = {}
+    baseline_error = None
+    for spec in ((base_spec,) if baseline else ()) + (opt_spec,):
+        torch.backends.cudnn.benchmark = spec.cudnn_benchmark
+        log.info("bench: %s training (batch %d, %d warm-up + %d timed steps) ...", spec.name, batch, warm, steps_train)
+        try:
+            tr = bench_training(model, spec, data, warmup=warm, steps=steps_train, device=dev,
+                                hook=train_hook if spec is opt_spec else None)
+            row = {"train": tr, "infer": None}
+            if inference:
+                log.info("bench: %s inference (batch %d) ...", spec.name, infer_batch)
+                inf, probs[spec.name] = bench_inference(model, spec, *infer_data, warmup=warm,
+                                                        steps=steps_infer, device=dev)
+                row["infer"] = inf
+        except torch.cuda.OutOfMemoryError:
+            row = None
+            if spec is opt_spec:
+                raise MSRFError(f"msrf bench: out of GPU memory at batch {batch} on the optimized path; "
+                                f"try a smaller --batch-size") from None
+            # fp32 needs about twice the activation memory: keep the optimized measurement
+            baseline_error = f"out of GPU memory at batch {batch}"
+            log.warning("bench: baseline %s; its columns stay empty", baseline_error)
+        finally:
+            if cuda:
+                torch.cuda.empty_cache()
+            with contextlib.suppress(Exception):
+                torch._dynamo.reset()
+        rows[spec.name] = row
+
+    o, b = rows["optimized"], rows.get("baseline")
+
+    def g(row, part, key):
+        return None if row is None or row[part] is None else row[part][key]
+
+    def tflops(img_s, flops):
+        return None if img_s is None else img_s * flops / 1e12
+
+    res: dict[str, Any] = {
+        "device": dev.type,
+        "device_name": torch.cuda.get_device_name(dev) if cuda else (platform.processor() or platform.machine()),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "image_size": image_size,
+        "batch_size": batch,
+        "infer_batch_size": infer_batch,
+        "steps": steps_train,
+        "infer_steps": steps_infer,
+        "warmup": warm,
+        "threads": torch.get_num_threads() if not cuda else None,
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "variant": variant,
+        "compile": compile,
+        "compile_mode": compile_mode if opt_spec.compile else None,
+        "compile_status": o["train"]["compile_status"] if opt_spec.compile else (
+            "skipped on cpu (see compile_cpu)" if compile and not cuda else "off"),
+        "infer_compile_status": g(o, "infer", "compile_status"),
+        "amp_dtype": str(opt_spec.amp_dtype).replace("torch.", "") if opt_spec.amp_dtype else "float32",
+        "channels_last": opt_spec.channels_last,
+        "subpixel": opt_spec.subpixel,
+        "fused_adam": opt_spec.fused_adam,
+        "cudnn_benchmark": opt_spec.cudnn_benchmark,
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32) if cuda else None,
+        "flops_per_img_fwd": fwd_flops,
+        "flops_per_img_train": train_flops,
+        "peak_tflops": peak,
+        "train_img_s": o["train"]["img_s"],
+        "train_step_s": o["train"]["step_s_median"],
+        "train_warmup_s": o["train"]["warmup_s"],
+        "infer_img_s": g(o, "infer", "img_s"),
+        "infer_warmup_s": g(o, "infer", "warmup_s"),
+        "peak_gib": o["train"]["peak_gib"],
+        "peak_gib_per_train_img": o["train"]["peak_gib_per_img"],
+        "train_tflops": tflops(o["train"]["img_s"], train_flops),
+        "infer_tflops": tflops(g(o, "infer", "img_s"), fwd_flops),
+        "baseline_train_img_s": g(b, "train", "img_s"),
+        "baseline_train_step_s": g(b, "train", "step_s_median"),
+        "baseline_infer_img_s": g(b, "infer", "img_s"),
+        "baseline_peak_gib_per_train_img": g(b, "train", "peak_gib_per_img"),
+        "baseline_train_tflops": tflops(g(b, "train", "img_s"), train_flops),
+    }
+    res["baseline_error"] = baseline_error
+    res["mfu"] = res["train_tflops"] / peak
+    res["infer_mfu"] = None if res["infer_tflops"] is None else res["infer_tflops"] / peak
+    res["baseline_mfu"] = None if res["baseline_train_tflops"] is None else res["baseline_train_tflops"] / peak
+    res["speedup_train"] = None if b is None else res["train_img_s"] / res["baseline_train_img_s"]
+    res["speedup_infer"] = (None if res["infer_img_s"] is None or res["baseline_infer_img_s"] is None
+                            else res["infer_img_s"] / res["baseline_infer_img_s"])
+    res["infer_max_prob_diff"] = (float((probs["optimized"] - probs["baseline"]).abs().max())
+                                  if "optimized" in probs and "baseline" in probs else None)
+    if train_hook is not None:
+        res["train_hook"] = o["train"].get("hook")
+    if not cuda:
+        res["infer_s_per_img"] = g(o, "infer", "s_per_img")
+        res["baseline_infer_s_per_img"] = g(b, "infer", "s_per_img")
+        res["cpu_max_rss_gib"] = _max_rss_gib()
+    return res
+
+
+def _max_rss_gib() -> float | None:
+    try:
+        import resource
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kib / 2**20 if sys.platform != "darwin" else kib / 2**30
+    except Exception:  # pragma: no cover
+        return None
+
+
+def format_table(r: dict[str, Any]) -> list[str]:
+    """The human-readable report: one row per path, then the ratios."""
+
+    def f(v, fmt):
+        width = "".join(ch for ch in fmt.split(".")[0] if ch.isdigit())
+        return format("—", f">{width}") if v is None else format(v, fmt)
+
+    head = (f"MSRF-Net bench on {r['device_name']} ({r['device']}), torch {r['torch']}, {r['image_size']}², "
+            f"train batch {r['batch_size']}, infer batch {r['infer_batch_size']}, "
+            f"{r['flops_per_img_fwd'] / 1e9:.1f} GFLOP/img forward, {r['flops_per_img_train'] / 1e9:.1f} train; "
+            f"measured bf16 matmul peak {r['peak_tflops']:.3g} TFLOP/s")
+    opt = (f"optimized = {r['amp_dtype']}, {'channels-last' if r['channels_last'] else 'NCHW'}, "
+           f"{'sub-pixel up-convs, ' if r['subpixel'] else ''}compile: {r['compile_status']}"
+           f"{', fused Adam' if r['fused_adam'] else ''}{', cudnn.benchmark' if r['cudnn_benchmark'] else ''}")
+    cols = f"{'path':<10} {'train img/s':>12} {'infer img/s':>12} {'GiB/train img':>14} {'train TFLOP/s':>14} {'MFU':>7}"
+    lines = [head, opt, cols]
+    for name, p in (("baseline", "baseline_"), ("optimized", "")):
+        lines.append(
+            f"{name:<10} {f(r[p + 'train_img_s'], '12.3f')} {f(r[p + 'infer_img_s'], '12.3f')} "
+            f"{f(r.get(p + 'peak_gib_per_train_img'), '14.3f')} {f(r[p + 'train_tflops'], '14.3f')} "
+            f"{f(None if r[p + 'train_tflops'] is None else 100 * r[p + 'train_tflops'] / r['peak_tflops'], '6.1f')}%"
+        )
+    lines.append(f"optimized / baseline: train ×{f(r['speedup_train'], '.2f')}, infer ×{f(r['speedup_infer'], '.2f')}; "
+                 f"max |Δ prob| of the final mask {f(r['infer_max_prob_diff'], '.1e')}")
+    if r["device"] == "cpu":
+        lines.append(f"CPU inference, batch {r['infer_batch_size']}, {r['threads']} threads: "
+                     f"{f(r['infer_s_per_img'], '.3f')} s/img optimized vs {f(r['baseline_infer_s_per_img'], '.3f')} s/img "
+                     f"baseline (load average {f(r['load_avg_1m'], '.1f')}); GPU memory: n/a on the CPU")
+    return lines
