@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,18 @@ class WeightsExport(L.Callback):
 
 class CurvePlot(L.Callback):
     """``curves.png``: training loss and validation loss/DSC per epoch, redrawn after every epoch,
-    plus ``history.csv`` with the same numbers."""
+    plus ``history.csv`` with the same numbers and the wall time since the start of training
+    (validation included), which gives the time to a target DSC."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.rows: list[dict[str, float]] = []
+        self._t0: float | None = None
+        self._offset = 0.0  # training seconds of the epochs before a resume
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+        self._offset = self.rows[-1]["elapsed_s"] if self.rows else 0.0
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
@@ -76,8 +84,9 @@ class CurvePlot(L.Callback):
         m = trainer.callback_metrics
         get = lambda k: float(m[k]) if k in m else float("nan")  # noqa: E731
         self.rows = [r for r in self.rows if r["epoch"] != trainer.current_epoch + 1]
-        self.rows.append({"epoch": trainer.current_epoch + 1, "train_loss": get("train/loss_epoch"),
-                          "val_loss": get("val/loss"), "val_dsc": get("val/dsc")})
+        elapsed = self._offset + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+        self.rows.append({"epoch": trainer.current_epoch + 1, "elapsed_s": round(elapsed, 2),
+                          "train_loss": get("train/loss_epoch"), "val_loss": get("val/loss"), "val_dsc": get("val/dsc")})
         self._write()
 
     def _write(self) -> None:

@@ -24,6 +24,7 @@ _TRAIN_OPTIONS = [
     # flag, dest, type, help
     ("--data", "data", str, "dataset folder with train/ val/ test/ (default: ./data/kdsb, else the bundled sample)"),
     ("--epochs", "epochs", int, "epochs (original: 125)"),
+    ("--max-minutes", "max_minutes", float, "stop training after this many minutes (best epoch kept)"),
     ("--batch-size", "batch_size", int, "images per batch and device (original: 4)"),
     ("--lr", "lr", float, "Adam learning rate (original: 1e-4)"),
     ("--image-size", "image_size", int, "square model input size, a multiple of 8 (original: 256)"),

@@ -32,6 +32,7 @@ class Config:
     num_classes: int = 1
     # optimisation (original: Adam 1e-4, batch 4, 125 epochs, constant LR)
     epochs: int = 125
+    max_minutes: float | None = None  # stop after this much training time (the best epoch is kept)
     batch_size: int = 4
     lr: float = 1e-4
     schedule: str = "constant"  # "constant" (original) or "cosine"

@@ -87,8 +87,11 @@ def build_trainer(config: Config, run_dir: Path, steps_per_epoch: int) -> L.Trai
         every_n_epochs=1, enable_version_counter=False,
     )
     deterministic = config.deterministic and ("warn" if torch.cuda.is_available() else True)
+    from datetime import timedelta
+
     return L.Trainer(
         max_epochs=config.epochs,
+        max_time=timedelta(minutes=config.max_minutes) if config.max_minutes else None,
         accelerator="auto",
         devices=config.devices if config.devices == "auto" else _devices(config.devices),
         strategy=config.strategy,
