@@ -9,7 +9,9 @@ index so that DDP scores the whole validation set exactly once.
 from __future__ import annotations
 
 import logging
+import math
 import random
+import time
 from typing import Any
 
 import lightning as L
@@ -37,6 +39,20 @@ def to_inputs(batch: dict[str, torch.Tensor], channels_last: bool = False) -> tu
     if channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     return image, batch["canny"].float(), batch["mask"].float(), batch["edge"].float()
+
+
+class _TimeCosine:
+    """LR factor ``½(1 + cos(π·t/T))`` of the wall time t since the first step (T = the budget)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.start: float | None = None
+
+    def __call__(self, step: int) -> float:
+        now = time.perf_counter()
+        if self.start is None or step == 0:
+            self.start = now
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (now - self.start) / self.seconds)))
 
 
 class MSRFModule(L.LightningModule):
@@ -124,9 +140,15 @@ class MSRFModule(L.LightningModule):
         fused = self.device.type == "cuda" if isinstance(self.device, torch.device) else False
         opt = torch.optim.Adam(self.model.parameters(), lr=self.config.lr, betas=(0.9, 0.999), eps=1e-8,
                                fused=fused or None)
+        if self.config.schedule == "cosine" and self.config.max_minutes:
+            # a run bounded by time anneals over its time budget (not repeatable to the step)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, _TimeCosine(60.0 * self.config.max_minutes))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if self.config.schedule == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.config.epochs))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if self.config.schedule != "constant":
+            raise MSRFError(f"unknown --schedule {self.config.schedule!r}: use constant or cosine")
         return opt
 
     # --- checkpoint extras: RNG state for --resume ----------------------------------------------

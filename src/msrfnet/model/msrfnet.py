@@ -55,6 +55,21 @@ class MSRFNet(nn.Module):
         self.head_aux4 = nn.Conv2d(c3, num_classes, 1)  # ``pred4``, on D2
         keras_init_(self)
 
+    @classmethod
+    def from_pretrained(cls, path: str | None = None, map_location: str | torch.device = "cpu") -> "MSRFNet":
+        """The model with the shipped 2018 DSB weights (``msrfnet/weights/msrfnet_kdsb.safetensors``,
+        see its model card), in eval mode; ``path`` loads one of our checkpoints instead (a run
+        folder, ``.safetensors`` or ``.ckpt``)."""
+        from ..checkpoint import load_model
+        from ..errors import MSRFError
+        from ..weights_resolve import SHIPPED_WEIGHTS
+
+        if path is None:
+            if not SHIPPED_WEIGHTS.is_file():
+                raise MSRFError(f"{SHIPPED_WEIGHTS}: the shipped weights are not installed; pass a checkpoint path")
+            path = SHIPPED_WEIGHTS
+        return load_model(path, map_location)[0]
+
     @staticmethod
     def check_size(height: int, width: int) -> None:
         """Raise ``ValueError`` naming the nearest valid sizes unless both are multiples of 8."""
