@@ -24,8 +24,8 @@ Definitions:
   plain model (meta tensors, batch 1, scaled per image), forward and forward+loss+backward. These
   are the model's nominal FLOPs (the sub-pixel form does 16/9 of the work in its 40 layers, ~3 %
   more in all; not counted).
-- ``peak_tflops``: a measured bfloat16 matrix product on the device (8192³ on CUDA, 2048³ on the
-  CPU), random operands. ``mfu`` = achieved training TFLOP/s / ``peak_tflops`` (both paths against
+- ``peak_tflops``: a measured bfloat16 matrix product on the device (8192³ on CUDA; 2048³ on the
+  CPU, the better of a measurement before and one after the paths), random operands. ``mfu`` = achieved training TFLOP/s / ``peak_tflops`` (both paths against
   the same bf16 peak).
 - ``peak_gib_per_train_img``: ``torch.cuda.max_memory_allocated`` over the timed training steps
   divided by the batch size (it includes weights and Adam state, ~0.4 GiB for the whole batch).
@@ -128,7 +128,7 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16
 def _matmul_peak(device_str: str, dtype: torch.dtype, n: int | None, threads: int) -> float:
     device = torch.device(device_str)
     n = n or (8192 if device.type == "cuda" else 2048)
-    reps, warm = (10, 3) if device.type == "cuda" else (3, 1)
+    reps, warm = (10, 3) if device.type == "cuda" else (8, 1)
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
@@ -169,7 +169,7 @@ def _throughput(n: int, times: list[float], device: torch.device) -> float:
     return n / min(times) if device.type == "cpu" else n * len(times) / sum(times)
 
 
-# --- one path ---------------------------------------------------------------------------------------
+# --- paths ------------------------------------------------------------------------------------------
 def _random_batch(batch: int, size: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     image = torch.rand(batch, 3, size, size, generator=g)
@@ -233,15 +233,23 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def bench_training(model, spec: PathSpec, batch: tuple[torch.Tensor, ...], *, warmup: int, steps: int,
-                   device: torch.device, hook: Callable | None = None) -> dict[str, Any]:
-    """Times ``steps`` training steps after ``warmup`` untimed ones. ``hook(step, device)``, if given,
-    is called after the timing with the warm step function (to profile it); its return value is
-    kept as ``"hook"``."""
+@dataclass
+class _Path:
+    """One built path: ``call()`` runs one training step or one inference batch."""
+
+    spec: PathSpec
+    call: Callable[[], Any]
+    runner: _Runner
+    batch: int
+    first_output: Callable[[Any], Any] | None = None  # what to keep of the first call's result
+
+
+def _training_path(model, spec: PathSpec, data: tuple[torch.Tensor, ...], device: torch.device) -> _Path:
+    """A full step: forward (autocast), MSRFLoss, backward, Adam step; no host synchronisation."""
     from .losses import MSRFLoss
 
     net = _prepare(model, spec, device).train()
-    image, canny, mask, edge = batch
+    image, canny, mask, edge = data
     if spec.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     crit = MSRFLoss()
@@ -258,36 +266,12 @@ def bench_training(model, spec: PathSpec, batch: tuple[torch.Tensor, ...], *, wa
         loss.backward()
         opt.step()
 
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        runner.guarded(step)
-    _sync(device)
-    warmup_s = time.perf_counter() - t0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = _time_calls(step, steps, device)
-    n = image.shape[0]
-    res = {
-        "step_s_median": _median(times),
-        "step_s_min": min(times),
-        "img_s": _throughput(n, times, device),
-        "warmup_s": warmup_s,
-        "compile_status": runner.status,
-        "peak_gib_per_img": None,
-        "peak_gib": None,
-    }
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**30
-        res.update(peak_gib=peak, peak_gib_per_img=peak / n)
-    if hook is not None:
-        res["hook"] = hook(step, device)
-    del net, opt, runner
-    return res
+    return _Path(spec, step, runner, image.shape[0])
 
 
-def bench_inference(model, spec: PathSpec, image: torch.Tensor, canny: torch.Tensor, *, warmup: int, steps: int,
-                    device: torch.device) -> tuple[dict[str, Any], torch.Tensor]:
-    """Returns the timings and the final-mask probabilities of the first call (for the accuracy check)."""
+def _inference_path(model, spec: PathSpec, image: torch.Tensor, canny: torch.Tensor, device: torch.device) -> _Path:
+    """One eval-mode forward under ``torch.inference_mode``; the CPU's optimized path uses
+    :func:`~msrfnet.speed.optimize_for_cpu_inference`."""
     if spec.cpu_inference_helper and device.type == "cpu":
         from .speed import optimize_for_cpu_inference
 
@@ -304,27 +288,96 @@ def bench_inference(model, spec: PathSpec, image: torch.Tensor, canny: torch.Ten
     def call():
         if runner.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
-        with _autocast(device, amp):
+        with torch.inference_mode(), _autocast(device, amp):
             return runner.fn(image, canny)
 
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        prob = torch.sigmoid(runner.guarded(call).final.float()).clone()
-        for _ in range(max(warmup - 1, 0)):
-            runner.guarded(call)
-        _sync(device)
-        warmup_s = time.perf_counter() - t0
-        times = _time_calls(call, steps, device)
-    n = image.shape[0]
-    img_s = _throughput(n, times, device)
-    res = {
-        "s_per_img": 1.0 / img_s,
-        "s_per_img_median": _median(times) / n,
+    def probabilities(out):
+        return torch.sigmoid(out.final.float()).clone()  # clone: CUDA-graph outputs get overwritten
+
+    return _Path(spec, call, runner, image.shape[0], probabilities)
+
+
+def _warm(path: _Path, warmup: int, device: torch.device) -> tuple[float, Any]:
+    """At least one untimed call (compilation happens here); returns its seconds and first output."""
+    t0 = time.perf_counter()
+    out = path.runner.guarded(path.call)
+    first = path.first_output(out) if path.first_output else None
+    del out
+    for _ in range(warmup - 1):
+        path.runner.guarded(path.call)
+    _sync(device)
+    return time.perf_counter() - t0, first
+
+
+def _summary(path: _Path, times: list[float], warmup_s: float, device: torch.device) -> dict[str, Any]:
+    img_s = _throughput(path.batch, times, device)
+    return {
         "img_s": img_s,
+        "s_per_img": 1.0 / img_s,
+        "step_s_median": _median(times),
+        "step_s_min": min(times),
         "warmup_s": warmup_s,
-        "compile_status": runner.status,
+        "compile_status": path.runner.status,
+        "peak_gib": None,
+        "peak_gib_per_img": None,
     }
-    return res, prob
+
+
+def _measure(builders: list[tuple[PathSpec, Callable[[], _Path]]], *, warmup: int, steps: int, device: torch.device,
+             hook_spec: PathSpec | None = None, hook: Callable | None = None,
+             interleave: bool | None = None) -> dict[str, dict[str, Any]]:
+    """Time each path's ``call``.
+
+    Sequential (the default on CUDA): one path after the other, built, warmed, timed (CUDA events),
+    its peak memory read, freed, so that each has the device and its memory figure to itself.
+    Interleaved (the default on the CPU): all paths built and warmed first, then timed in turns
+    (a, b, a, b, …) so that a busy machine slows them alike. ``hook(call, device)`` runs after the
+    timing on ``hook_spec``'s path. A path that runs out of CUDA memory gets ``{"error": ...}``.
+    """
+    cuda = device.type == "cuda"
+    interleave = not cuda if interleave is None else interleave
+    out: dict[str, dict[str, Any]] = {}
+    warmed: list[tuple[_Path, float, Any]] = []
+    for spec, build in builders:
+        torch.backends.cudnn.benchmark = spec.cudnn_benchmark
+        path = None
+        try:
+            path = build()
+            warmup_s, first = _warm(path, warmup, device)
+            if interleave:
+                warmed.append((path, warmup_s, first))
+                continue
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            res = {**_summary(path, _time_calls(path.call, steps, device), warmup_s, device), "first": first}
+            if cuda:
+                peak = torch.cuda.max_memory_allocated(device) / 2**30
+                res.update(peak_gib=peak, peak_gib_per_img=peak / path.batch)
+            if hook is not None and spec is hook_spec:
+                res["hook"] = hook(path.call, device)
+            out[spec.name] = res
+        except torch.cuda.OutOfMemoryError:
+            out[spec.name] = {"error": "out of GPU memory"}
+        finally:
+            if not interleave:
+                path = None
+                if cuda:
+                    torch.cuda.empty_cache()
+                with contextlib.suppress(Exception):
+                    torch._dynamo.reset()
+    if interleave:
+        times: dict[str, list[float]] = {p.spec.name: [] for p, _, _ in warmed}
+        for _ in range(steps):
+            for p, _, _ in warmed:
+                times[p.spec.name] += _time_calls(p.call, 1, device)
+        for p, warmup_s, first in warmed:
+            out[p.spec.name] = {**_summary(p, times[p.spec.name], warmup_s, device), "first": first}
+            if hook is not None and p.spec is hook_spec:
+                out[p.spec.name]["hook"] = hook(p.call, device)
+        warmed.clear()
+        with contextlib.suppress(Exception):
+            torch._dynamo.reset()
+    return out
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -466,40 +519,34 @@ def _run(dev, batch, image_size, steps_train, steps_infer, warm, infer_batch, nt
     data = _random_batch(batch, image_size, dev, seed)
     infer_data = _random_batch(infer_batch, image_size, dev, seed + 1)[:2]
 
-    rows: dict[str, dict[str, Any]] = {}
-    probs = {}
-    baseline_error = None
-    for spec in ((base_spec,) if baseline else ()) + (opt_spec,):
-        torch.backends.cudnn.benchmark = spec.cudnn_benchmark
-        log.info("bench: %s training (batch %d, %d warm-up + %d timed steps) ...", spec.name, batch, warm, steps_train)
-        try:
-            tr = bench_training(model, spec, data, warmup=warm, steps=steps_train, device=dev,
-                                hook=train_hook if spec is opt_spec else None)
-            row = {"train": tr, "infer": None}
-            if inference:
-                log.info("bench: %s inference (batch %d) ...", spec.name, infer_batch)
-                inf, probs[spec.name] = bench_inference(model, spec, *infer_data, warmup=warm,
-                                                        steps=steps_infer, device=dev)
-                row["infer"] = inf
-        except torch.cuda.OutOfMemoryError:
-            row = None
-            if spec is opt_spec:
-                raise MSRFError(f"msrf bench: out of GPU memory at batch {batch} on the optimized path; "
-                                f"try a smaller --batch-size") from None
-            # fp32 needs about twice the activation memory: keep the optimized measurement
-            baseline_error = f"out of GPU memory at batch {batch}"
-            log.warning("bench: baseline %s; its columns stay empty", baseline_error)
-        finally:
-            if cuda:
-                torch.cuda.empty_cache()
-            with contextlib.suppress(Exception):
-                torch._dynamo.reset()
-        rows[spec.name] = row
+    specs_run = ((base_spec,) if baseline else ()) + (opt_spec,)
+    log.info("bench: training, batch %d, %d warm-up + %d timed steps: %s ...", batch, warm, steps_train,
+             " and ".join(s.name for s in specs_run))
+    train = _measure([(s, functools.partial(_training_path, model, s, data, dev)) for s in specs_run],
+                     warmup=warm, steps=steps_train, device=dev, hook_spec=opt_spec, hook=train_hook)
+    infer: dict[str, dict[str, Any]] = {}
+    if inference:
+        log.info("bench: inference, batch %d ...", infer_batch)
+        infer = _measure([(s, functools.partial(_inference_path, model, s, *infer_data, dev)) for s in specs_run],
+                         warmup=warm, steps=steps_infer, device=dev)
+    if "error" in train["optimized"] or "error" in infer.get("optimized", {}):
+        raise MSRFError(f"msrf bench: out of GPU memory at batch {batch} (inference batch {infer_batch}) on the "
+                        f"optimized path; try a smaller --batch-size")
+    baseline_error = next((f"{r['error']} at batch {batch}" for r in (train.get("baseline"), infer.get("baseline"))
+                           if r and "error" in r), None)
+    if baseline_error:  # fp32 needs about twice the activation memory: keep the optimized figures
+        log.warning("bench: baseline %s; its columns stay empty", baseline_error)
+    probs = {k: r["first"] for k, r in infer.items() if r.get("first") is not None}
 
-    o, b = rows["optimized"], rows.get("baseline")
+    if not cuda:  # a busy CPU lowers the peak too: take the better of two measurements
+        _matmul_peak.cache_clear()
+        peak = max(peak, matmul_peak_tflops(dev))
 
-    def g(row, part, key):
-        return None if row is None or row[part] is None else row[part][key]
+    def g(name, part, key):
+        r = (train if part == "train" else infer).get(name)
+        return None if r is None or "error" in r else r.get(key)
+
+    o, b = "optimized", "baseline"
 
     def tflops(img_s, flops):
         return None if img_s is None else img_s * flops / 1e12
@@ -521,7 +568,7 @@ def _run(dev, batch, image_size, steps_train, steps_infer, warm, infer_batch, nt
         "variant": variant,
         "compile": compile,
         "compile_mode": compile_mode if opt_spec.compile else None,
-        "compile_status": o["train"]["compile_status"] if opt_spec.compile else (
+        "compile_status": g(o, "train", "compile_status") if opt_spec.compile else (
             "skipped on cpu (see compile_cpu)" if compile and not cuda else "off"),
         "infer_compile_status": g(o, "infer", "compile_status"),
         "amp_dtype": str(opt_spec.amp_dtype).replace("torch.", "") if opt_spec.amp_dtype else "float32",
@@ -533,14 +580,14 @@ def _run(dev, batch, image_size, steps_train, steps_infer, warm, infer_batch, nt
         "flops_per_img_fwd": fwd_flops,
         "flops_per_img_train": train_flops,
         "peak_tflops": peak,
-        "train_img_s": o["train"]["img_s"],
-        "train_step_s": o["train"]["step_s_median"],
-        "train_warmup_s": o["train"]["warmup_s"],
+        "train_img_s": g(o, "train", "img_s"),
+        "train_step_s": g(o, "train", "step_s_median"),
+        "train_warmup_s": g(o, "train", "warmup_s"),
         "infer_img_s": g(o, "infer", "img_s"),
         "infer_warmup_s": g(o, "infer", "warmup_s"),
-        "peak_gib": o["train"]["peak_gib"],
-        "peak_gib_per_train_img": o["train"]["peak_gib_per_img"],
-        "train_tflops": tflops(o["train"]["img_s"], train_flops),
+        "peak_gib": g(o, "train", "peak_gib"),
+        "peak_gib_per_train_img": g(o, "train", "peak_gib_per_img"),
+        "train_tflops": tflops(g(o, "train", "img_s"), train_flops),
         "infer_tflops": tflops(g(o, "infer", "img_s"), fwd_flops),
         "baseline_train_img_s": g(b, "train", "img_s"),
         "baseline_train_step_s": g(b, "train", "step_s_median"),
@@ -552,13 +599,14 @@ def _run(dev, batch, image_size, steps_train, steps_infer, warm, infer_batch, nt
     res["mfu"] = res["train_tflops"] / peak
     res["infer_mfu"] = None if res["infer_tflops"] is None else res["infer_tflops"] / peak
     res["baseline_mfu"] = None if res["baseline_train_tflops"] is None else res["baseline_train_tflops"] / peak
-    res["speedup_train"] = None if b is None else res["train_img_s"] / res["baseline_train_img_s"]
+    res["speedup_train"] = (None if res["baseline_train_img_s"] is None
+                            else res["train_img_s"] / res["baseline_train_img_s"])
     res["speedup_infer"] = (None if res["infer_img_s"] is None or res["baseline_infer_img_s"] is None
                             else res["infer_img_s"] / res["baseline_infer_img_s"])
     res["infer_max_prob_diff"] = (float((probs["optimized"] - probs["baseline"]).abs().max())
                                   if "optimized" in probs and "baseline" in probs else None)
     if train_hook is not None:
-        res["train_hook"] = o["train"].get("hook")
+        res["train_hook"] = g(o, "train", "hook")
     if not cuda:
         res["infer_s_per_img"] = g(o, "infer", "s_per_img")
         res["baseline_infer_s_per_img"] = g(b, "infer", "s_per_img")

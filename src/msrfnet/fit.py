@@ -117,6 +117,16 @@ def _devices(spec: str) -> int | list[int] | str:
     return spec
 
 
+def _remove_partial_writes(run_dir: Path) -> None:
+    """Delete the temporary files of writes that a killed run left (``.<name>.<random>.tmp`` from
+    :func:`~msrfnet.checkpoint.atomic_write`; a full training state is ~300 MB)."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for tmp in folder.glob(".*.tmp"):
+            if tmp.is_file():
+                log.info("removing %s, left by an interrupted write", tmp)
+                tmp.unlink(missing_ok=True)
+
+
 def resume_config(run_dir: str | Path) -> Config:
     """The config a run was started with (its ``config.yaml``)."""
     path = Path(run_dir) / "config.yaml"
@@ -141,6 +151,7 @@ def train(config: Config, resume: str | Path | None = None, echo=print) -> Path:
         if not ckpt_path.is_file():
             raise MSRFError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
         _torch_load_safe(ckpt_path)  # refuse an unsafe or corrupt checkpoint before Lightning opens it
+        _remove_partial_writes(run_dir)
     root, message = resolve_data_root(config.data)
     echo(message)
     echo(validate_dataset(root, config))

@@ -100,7 +100,10 @@ class SubPixelConvTranspose2d(SameConvTranspose2d):
     def _init_subpixel(self) -> None:
         index, before, after = _subpixel_index(self.kernel_size[0], self.padding[0])
         self._sp_size = index.shape[-1]
-        self._sp_pad = (before, after, before, after)
+        # the conv pads symmetrically by max(before, after) (no copy of the input); the output
+        # window that F.pad(before, after) would give starts at `_sp_start`
+        self._sp_conv_pad = max(before, after)
+        self._sp_start = self._sp_conv_pad - before
         # non-persistent: follows .to(device), stays out of the state_dict
         self.register_buffer("sp_index", index.reshape(-1).to(self.weight.device), persistent=False)
 
@@ -119,14 +122,18 @@ class SubPixelConvTranspose2d(SameConvTranspose2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         wp, bias = self.subpixel_weight()
-        if any(self._sp_pad):
-            x = F.pad(x, self._sp_pad)
-        y = F.conv2d(x, wp, bias)
-        b, _, h, w = y.shape
+        b, _, h, w = x.shape
+        y = F.conv2d(x, wp, bias, padding=self._sp_conv_pad)
+        if y.shape[-2:] != (h, w):
+            s = self._sp_start
+            y = y[..., s:s + h, s:s + w]
         cout = self.out_channels
-        # (B, H, W, [a, b, C]) → (B, H, a, W, b, C) = (B, 2H, 2W, C): channels-last output
+        # (B, H, W, [a, b, C]) → (B, H, a, W, b, C) = (B, 2H, 2W, C): one copy, channels-last
         y = y.permute(0, 2, 3, 1).reshape(b, h, w, 2, 2, cout).permute(0, 1, 3, 2, 4, 5)
-        return y.reshape(b, 2 * h, 2 * w, cout).permute(0, 3, 1, 2)
+        y = y.reshape(b, 2 * h, 2 * w, cout).permute(0, 3, 1, 2)
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            y = y.contiguous()  # follow an NCHW input's layout
+        return y
 
 
 def _is_swappable(m: nn.Module, kernel_sizes: tuple[int, ...]) -> bool:

@@ -96,7 +96,10 @@ def legacy_bilinear_upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     if factor == 1:
         return x
     h, w = x.shape[-2:]
-    xp = F.pad(x, (0, 1, 0, 1), mode="replicate")
+    # replicate the last row and column by concatenation: bit-identical to F.pad(mode="replicate"),
+    # whose backward trips torch.compile's stride checks with channels_last inputs
+    xp = torch.cat([x, x[..., -1:, :]], dim=-2)
+    xp = torch.cat([xp, xp[..., -1:]], dim=-1)
     y = F.interpolate(xp, size=(h * factor + 1, w * factor + 1), mode="bilinear", align_corners=True)
     return y[..., : h * factor, : w * factor]
 
