@@ -13,7 +13,7 @@ OUT=${OUT:-gpu-out}
 mkdir -p "$OUT/res"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src
 DATA=${DATA:-.gpu/kdsb}
-MINUTES=${MINUTES:-4.5}
+MINUTES=${MINUTES:-3.5}
 if [ "${SMOKE:-0}" = 1 ]; then
   DATA=src/msrfnet/sample; MINUTES=0.3; SIZE=32; BENCH="--device cpu --image-size 32 --batch-size 2 --steps 1 --no-compile"
 else
@@ -31,7 +31,7 @@ python3 -c "import albumentations" 2>>"$OUT/res/session.log" || { AUG=""; log "a
 log "machine: $(tr '\n' ' ' < "$OUT/res/machine.txt")"
 
 log "bench"
-timeout 150 python3 -m msrfnet.cli bench $BENCH --json > "$OUT/res/bench.json" 2> "$OUT/res/bench.log"
+timeout 170 python3 -m msrfnet.cli bench $BENCH --json > "$OUT/res/bench.json" 2> "$OUT/res/bench.log"
 log "bench rc=$? $(head -c 600 "$OUT/res/bench.json")"
 
 log "cache"  # built once here, not by the two trainings at the same time
