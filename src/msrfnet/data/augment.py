@@ -22,6 +22,8 @@ can still train and evaluate.
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable
 
 import cv2
@@ -38,6 +40,8 @@ class PresetAugment:
     """
 
     def __init__(self, seed: int | None = None) -> None:
+        # albumentations otherwise asks the network for a newer version at import (offline clusters)
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
         try:
             import albumentations as A
         except ImportError as err:  # pragma: no cover - depends on the environment
