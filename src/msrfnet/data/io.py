@@ -210,6 +210,10 @@ def read_raw(path: str | Path, *, name: str | None = None, keep_indices: bool = 
             return _pil_to_array(im, keep_indices=keep_indices)
     except UnidentifiedImageError:
         reason = "not a readable image file (wrong extension, damaged header, or a format Pillow cannot read)"
+    except Image.DecompressionBombError as err:
+        # a header claiming more than 2 × PIL.Image.MAX_IMAGE_PIXELS: refused before any decoding
+        # (and never handed to OpenCV, which would try to allocate it)
+        raise MSRFError(f"{label}: image too large to decode safely ({err})") from None
     except MSRFError:
         raise
     except Exception as err:  # decoders raise OSError, ValueError, SyntaxError, EOFError, ...
