@@ -242,5 +242,5 @@ def format_table(result: Mapping[str, Any]) -> str:
         for key, label, protocol in group:
             lines.append(f"{label:<15} {protocol:<40} {_fmt(result.get(key)):>10} {_fmt(result.get(f'orig_{key}')):>10}")
         lines.append("")
-    lines.append(f"{result.get('n_images', 0)} images; the paper reports the first four at {size}x{size} (spec §2.6, §3.1)")
+    lines.append(f"{result.get('n_images', 0)} images; the paper reports the first four at the model resolution (256x256 in the paper; {size}x{size} here)")
     return "\n".join(lines)
