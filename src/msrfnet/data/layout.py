@@ -42,12 +42,20 @@ def split_pairing(root: Path, split: str) -> Pairing:
     return pair_files(folder / "images", folder / "masks", base=Path(root))
 
 
+def require_pairs(pairing: Pairing, where: Path, empty: str, more_hint: str = "") -> list[Pair]:
+    """``pairing.pairs``, or :class:`MSRFError` naming the first pairing problem (and how many
+    more) or, with no pairs at all, the message ``empty``."""
+    if pairing.problems:
+        extra = f" (and {len(pairing.problems) - 1} more{more_hint})" if len(pairing.problems) > 1 else ""
+        raise MSRFError(f"{pairing.problems[0]} (in {where}){extra}")
+    if not pairing.pairs:
+        raise MSRFError(empty)
+    return pairing.pairs
+
+
 def split_pairs(root: Path, split: str) -> list[Pair]:
     """The sorted pairs of one split; raises :class:`MSRFError` on the first pairing problem or if empty."""
-    pairing = split_pairing(root, split)
-    if pairing.problems:
-        extra = f" (and {len(pairing.problems) - 1} more; run `msrf check-data`)" if len(pairing.problems) > 1 else ""
-        raise MSRFError(f"{pairing.problems[0]} (in {root}){extra}")
-    if not pairing.pairs:
-        raise MSRFError(f"{split_dir(root, split)}: no image/mask pairs (empty split)")
-    return pairing.pairs
+    return require_pairs(
+        split_pairing(root, split), root, f"{split_dir(root, split)}: no image/mask pairs (empty split)",
+        more_hint="; run `msrf check-data`",
+    )

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import MSRFError
 from .io import Pair, pair_files
-from .layout import SPLITS
+from .layout import SPLITS, require_pairs
 
 SPLITS_FILE = "splits.json"
 
@@ -25,12 +25,7 @@ def _source_pairs(src: Path) -> list[Pair]:
         if not (src / sub).is_dir():
             raise MSRFError(f"{src / sub}: folder missing (the source must hold images/ and masks/)")
     pairing = pair_files(src / "images", src / "masks", base=src)
-    if pairing.problems:
-        more = f" (and {len(pairing.problems) - 1} more)" if len(pairing.problems) > 1 else ""
-        raise MSRFError(f"{pairing.problems[0]} (in {src}){more}")
-    if not pairing.pairs:
-        raise MSRFError(f"{src}: no image/mask pairs in images/ and masks/")
-    return pairing.pairs
+    return require_pairs(pairing, src, f"{src}: no image/mask pairs in images/ and masks/")
 
 
 def _random_assignment(pairs: list[Pair], val: float, test: float, seed: int) -> dict[str, list[Pair]]:
