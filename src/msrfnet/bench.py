@@ -63,6 +63,7 @@ from .bench_timing import (  # noqa: F401  (_Path, _Runner: re-exported for test
     matmul_peak_tflops,
     model_flops,
     resolve_device,
+    saved_activation_gib,
 )
 from .errors import MSRFError
 
@@ -118,6 +119,7 @@ def _specs(device: torch.device, compile: bool, compile_mode: str | None, compil
     base = PathSpec("baseline")
     opt = PathSpec(
         "optimized",
+        memory_efficient=True,
         amp_dtype=torch.bfloat16 if bf16 else None,
         channels_last=channels_last,
         subpixel=subpixel,
@@ -218,6 +220,7 @@ def _run(dev, batch, image_size, steps_train, steps_infer, warm, infer_batch, nt
              " and ".join(s.name for s in specs_run))
     train = _measure([(s, functools.partial(_training_path, model, s, data, dev)) for s in specs_run],
                      warmup=warm, steps=steps_train, device=dev, hook_spec=opt_spec, hook=train_hook)
+    saved = {s.name: saved_activation_gib(model, s, dev, image_size) for s in specs_run}
     infer: dict[str, dict[str, Any]] = {}
     if inference:
         log.info("bench: inference, batch %d ...", infer_batch)
@@ -268,6 +271,7 @@ def _run(dev, batch, image_size, steps_train, steps_infer, warm, infer_batch, nt
         "amp_dtype": str(opt_spec.amp_dtype).replace("torch.", "") if opt_spec.amp_dtype else "float32",
         "channels_last": opt_spec.channels_last,
         "subpixel": opt_spec.subpixel,
+        "memory_efficient": opt_spec.memory_efficient,
         "fused_adam": opt_spec.fused_adam,
         "cudnn_benchmark": opt_spec.cudnn_benchmark,
         "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32) if cuda else None,
@@ -287,6 +291,8 @@ def _run(dev, batch, image_size, steps_train, steps_infer, warm, infer_batch, nt
         "baseline_train_step_s": g(b, "train", "step_s_median"),
         "baseline_infer_img_s": g(b, "infer", "img_s"),
         "baseline_peak_gib_per_train_img": g(b, "train", "peak_gib_per_img"),
+        "saved_gib_per_train_img": saved.get(o),
+        "baseline_saved_gib_per_train_img": saved.get(b),
         "baseline_train_tflops": tflops(g(b, "train", "img_s"), train_flops),
     }
     res["baseline_error"] = baseline_error
@@ -330,7 +336,8 @@ def format_table(r: dict[str, Any]) -> list[str]:
             f"{r['flops_per_img_fwd'] / 1e9:.1f} GFLOP/img forward, {r['flops_per_img_train'] / 1e9:.1f} train; "
             f"measured bf16 matmul peak {r['peak_tflops']:.3g} TFLOP/s")
     opt = (f"optimized = {r['amp_dtype']}, {'channels-last' if r['channels_last'] else 'NCHW'}, "
-           f"{'sub-pixel up-convs, ' if r['subpixel'] else ''}compile: {r['compile_status']}"
+           f"{'sub-pixel up-convs, ' if r['subpixel'] else ''}"
+           f"{'memory-efficient DSDF, ' if r.get('memory_efficient') else ''}compile: {r['compile_status']}"
            f"{', fused Adam' if r['fused_adam'] else ''}{', cudnn.benchmark' if r['cudnn_benchmark'] else ''}")
     cols = f"{'path':<10} {'train img/s':>12} {'infer img/s':>12} {'GiB/train img':>14} {'train TFLOP/s':>14} {'MFU':>7}"
     lines = [head, opt, cols]
@@ -340,6 +347,8 @@ def format_table(r: dict[str, Any]) -> list[str]:
             f"{f(r.get(p + 'peak_gib_per_train_img'), '14.3f')} {f(r[p + 'train_tflops'], '14.3f')} "
             f"{f(None if r[p + 'train_tflops'] is None else 100 * r[p + 'train_tflops'] / r['peak_tflops'], '6.1f')}%"
         )
+    lines.append(f"activation memory kept for the backward pass (batch 1): {f(r.get('saved_gib_per_train_img'), '.3f')} "
+                 f"GiB/img optimized vs {f(r.get('baseline_saved_gib_per_train_img'), '.3f')} baseline")
     lines.append(f"optimized / baseline: train ×{f(r['speedup_train'], '.2f')}, infer ×{f(r['speedup_infer'], '.2f')}; "
                  f"max |Δ prob| of the final mask {f(r['infer_max_prob_diff'], '.1e')}")
     if r["device"] == "cpu":

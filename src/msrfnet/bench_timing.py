@@ -36,6 +36,7 @@ class PathSpec:
     fused_adam: bool = False
     cudnn_benchmark: bool = False
     cpu_inference_helper: bool = False  # CPU: optimize_for_cpu_inference for the inference part
+    memory_efficient: bool = False  # DSDF layers keep their inputs, not their concatenation (model/dense.py)
 
 
 # --- devices and ceilings -------------------------------------------------------------------------
@@ -139,9 +140,11 @@ def _random_batch(batch: int, size: int, device: torch.device, seed: int = 0) ->
 
 
 def _prepare(model: torch.nn.Module, spec: PathSpec, device: torch.device) -> torch.nn.Module:
+    from .model import set_memory_efficient
     from .speed import use_subpixel_upsampling
 
     net = copy.deepcopy(model)
+    set_memory_efficient(net, spec.memory_efficient)
     if spec.subpixel:
         use_subpixel_upsampling(net)
     net = net.to(device)
@@ -254,6 +257,32 @@ def _inference_path(model, spec: PathSpec, image: torch.Tensor, canny: torch.Ten
         return torch.sigmoid(out.final.float()).clone()  # clone: CUDA-graph outputs get overwritten
 
     return _Path(spec, call, runner, image.shape[0], probabilities)
+
+
+def saved_activation_gib(model, spec: PathSpec, device: torch.device, image_size: int) -> float:
+    """GiB that autograd keeps for the backward pass per training image: distinct non-parameter
+    storages saved during one eager training forward at batch 1 under ``spec``'s settings.
+
+    The activation memory of a training step, measurable on any device (the CUDA peak adds
+    parameters, gradients, optimizer state and the backward's transient buffers on top).
+    """
+    net = _prepare(model, spec, device).train()
+    image, canny = _random_batch(1, image_size, device)[:2]
+    if spec.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()  # saved tensors stay alive: no address is reused
+        if ptr not in params:
+            saved.setdefault(ptr, t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(device, spec.amp_dtype):
+        out = net(image, canny)
+    del out, net
+    return sum(saved.values()) / 2**30
 
 
 def _warm(path: _Path, warmup: int, device: torch.device) -> tuple[float, Any]:

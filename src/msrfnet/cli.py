@@ -52,6 +52,8 @@ def _add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms (with --seed: repeatable runs)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (falls back to eager if unavailable)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None, help="keep NCHW memory layout")
+    p.add_argument("--no-subpixel", dest="subpixel", action="store_false", default=None,
+                   help="run the DSDF up-exchanges as transposed convolutions (same function, slower on a CPU)")
 
 
 def _explicit(args: argparse.Namespace) -> dict:

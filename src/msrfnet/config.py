@@ -46,6 +46,7 @@ class Config:
     workers: int = 2
     compile: bool = False
     channels_last: bool = True
+    subpixel: bool = True  # DSDF up-convs as conv + pixel shuffle (exact, msrfnet/speed.py)
     # evaluation
     threshold: float = 0.5
     # output

@@ -23,6 +23,7 @@ from .errors import MSRFError
 from .losses import MSRFLoss
 from .metrics import per_image_dice_torch
 from .model import MSRFNet
+from .speed import use_subpixel_upsampling
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class MSRFModule(L.LightningModule):
         self.config = config
         self.save_hyperparameters({"config": config.to_dict()})
         self.model = MSRFNet(config.in_channels, config.num_classes, config.variant)
+        if config.subpixel:  # exact and the same state_dict: checkpoints load either way
+            use_subpixel_upsampling(self.model)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = MSRFLoss()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dense import DenseConv2d
 from .layers import SameConv2d, SameConvTranspose2d
 
 SLOPE = 0.25  # LeakyReLU slope of the official code
@@ -50,10 +51,10 @@ class DSDFBlock(nn.Module):
         l1 = cl if official else g  # width of the first low-resolution layer's output
 
         self.high = nn.ModuleList(
-            [SameConv2d(ch, g, 3)] + [SameConv2d(ch + i * g + g, ch if i == 4 else g, 3) for i in range(1, 5)]
+            [SameConv2d(ch, g, 3)] + [DenseConv2d(ch + i * g + g, ch if i == 4 else g, 3) for i in range(1, 5)]
         )
         low = [nn.Identity() if official else SameConv2d(cl, g, 3)]
-        low += [SameConv2d(cl + l1 + (i - 1) * g + g, cl if i == 4 else g, 3) for i in range(1, 5)]
+        low += [DenseConv2d(cl + l1 + (i - 1) * g + g, cl if i == 4 else g, 3) for i in range(1, 5)]
         self.low = nn.ModuleList(low)
 
         def width(stream_first: int, block_in: int, src: int) -> int:
@@ -68,16 +69,19 @@ class DSDFBlock(nn.Module):
 
     def forward(self, x_high: torch.Tensor, x_low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         act = lambda t: F.leaky_relu(t, SLOPE)  # noqa: E731
-        hs = [x_high, act(self.high[0](x_high))]
-        ls = [x_low, act(self.low[0](x_low))]  # official: LeakyReLU of the input itself (#15)
+        # in place on a fresh conv output: LeakyReLU (slope > 0) backpropagates from its result,
+        # so the pre-activation is not kept as well (half the memory of each layer)
+        act_ = lambda t: F.leaky_relu(t, SLOPE, inplace=True)  # noqa: E731
+        hs = [x_high, act_(self.high[0](x_high))]
+        # official: LeakyReLU of the block input itself (#15), not in place
+        ls = [x_low, act(x_low) if isinstance(self.low[0], nn.Identity) else act_(self.low[0](x_low))]
         for i in range(1, 5):
             s = self.sources[i - 1]
-            d = act(self.down[i - 1](hs[s]))
-            u = act(self.up[i - 1](ls[s]))
-            h = act(self.high[i](torch.cat(hs + [u], dim=1)))
-            l_ = act(self.low[i](torch.cat(ls + [d], dim=1)))
-            hs.append(h)
-            ls.append(l_)
+            d = act_(self.down[i - 1](hs[s]))
+            u = act_(self.up[i - 1](ls[s]))
+            # DenseConv2d: the concatenation is not stored for the backward pass (model/dense.py)
+            hs.append(act_(self.high[i](hs + [u])))
+            ls.append(act_(self.low[i](ls + [d])))
         return x_high + RESIDUAL_SCALE * hs[5], x_low + RESIDUAL_SCALE * ls[5]
 
 
