@@ -93,7 +93,7 @@ def test_run_test_outputs(weights, tmp_path):
     summary_keys = set(summarize([]))
     assert summary_keys <= set(saved)
     assert {f"orig_{k}" for k in summary_keys} <= set(saved)
-    assert {"n_images", "image_size", "threshold", "weights", "data"} <= set(saved)
+    assert {"n_images", "image_size", "threshold", "weights", "data", "numerics"} <= set(saved)
     assert saved["n_images"] == N_TEST and saved["image_size"] == 32 and saved["threshold"] == 0.5
     assert saved["weights"] == str(weights) and saved["data"].endswith("sample")
     for key in ("dsc", "iou", "miou", "precision", "recall", "precision_global", "recall_global", "accuracy", "f2"):

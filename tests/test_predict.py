@@ -136,3 +136,38 @@ def test_image_size_override_and_cli(weights, folder, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "40² model input" in out and str(weights) in out
     assert read(tmp_path / "o" / "rgb_png.png").shape == tuple(sizes["rgb_png"])
+
+
+def test_cpu_fast_path_and_exact(weights, folder, tmp_path, monkeypatch):
+    """On a CPU with native bf16 the default runs bf16 + sub-pixel; ``exact`` runs float32, and
+    the two give nearly the same probabilities (a CPU without bf16 runs float32 either way)."""
+    import torch
+
+    from msrfnet.checkpoint import load_model
+    from msrfnet.predict import TorchRunner, model_inputs
+    from msrfnet.data import read_image
+    from msrfnet.speed import CPUInferenceModel, cpu_supports_bf16
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = load_model(weights)[0]
+    fast, exact = TorchRunner(model, "cpu"), TorchRunner(model, "cpu", exact=True)
+    assert exact.numerics == "float32" and not isinstance(exact.model, CPUInferenceModel)
+    if cpu_supports_bf16():
+        assert fast.numerics.startswith("bfloat16") and isinstance(fast.model, CPUInferenceModel)
+    else:
+        assert fast.numerics == "float32"
+    root, _ = folder
+    images, canny = model_inputs([read_image(p) for p in sorted(root.glob("*.png"))], 32, 10, 1000)
+    p_fast, p_exact = fast(images, canny), exact(images, canny)
+    assert p_fast.dtype == p_exact.dtype == np.float32 and p_fast.shape == p_exact.shape
+    assert np.abs(p_fast - p_exact).max() < 3e-2
+    assert 0 < (p_exact >= 0.5).mean() < 1  # the calibrated model is not constant
+
+
+def test_cli_exact_flag_reaches_predict(weights, folder, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    root, _ = folder
+    assert main(["predict", str(root / "grey.png"), "--weights", str(weights), "--out", str(tmp_path / "o"), "--exact"]) == 0
+    assert "numerics: float32" in capsys.readouterr().out

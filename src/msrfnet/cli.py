@@ -90,7 +90,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from .evaluate import run_test
 
     run_test(data=args.data, weights=args.weights, image_size=args.image_size, out=args.out,
-             batch_size=args.batch_size, threshold=args.threshold)
+             batch_size=args.batch_size, threshold=args.threshold, exact=args.exact)
     return 0
 
 
@@ -99,7 +99,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     run_predict(args.inputs, weights=args.weights, onnx=args.onnx, out=args.out, overlay=args.overlay,
                 probabilities=args.probabilities, tta=args.tta, threshold=args.threshold,
-                batch_size=args.batch_size, image_size=args.image_size)
+                batch_size=args.batch_size, image_size=args.image_size, exact=args.exact)
     return 0
 
 
@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="output folder (default: <run>/test or ./msrf-test)")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--threshold", type=float, default=0.5)
+    t.add_argument("--exact", action="store_true",
+                   help="float32 on the CPU (default there: bfloat16 fast path where the CPU has native bf16)")
     t.set_defaults(func=cmd_test)
 
     t = sub.add_parser("predict", help="masks for image files or folders, at their original size")
@@ -165,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threshold", type=float, default=0.5)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--image-size", type=int, help="model input size (default: from the checkpoint)")
+    t.add_argument("--exact", action="store_true",
+                   help="float32 on the CPU (default there: bfloat16 fast path where the CPU has native bf16)")
     t.set_defaults(func=cmd_predict)
 
     t = sub.add_parser("check-data", help="validate a dataset folder before training")

@@ -16,7 +16,8 @@ Output folder (default ``<run dir>/test`` for weights inside a run directory, el
 * ``metrics.json`` — one flat object: :func:`msrfnet.metrics.summarize`'s keys at model resolution
   (``dsc`` is the paper's headline, the mean per-image DSC), the same keys prefixed ``orig_`` at
   original resolution, and ``n_images``, ``image_size``, ``threshold``, ``weights``, ``data``,
-  ``variant``. Undefined values (NaN, e.g. HD95 when every prediction is empty) are ``null``;
+  ``variant``, ``numerics`` (float32, or bfloat16 on a CPU with native bf16 unless ``--exact``,
+  or on CUDA). Undefined values (NaN, e.g. HD95 when every prediction is empty) are ``null``;
 * ``metrics.csv`` — one row per image: file, original size, the per-image metrics at model
   resolution, then the same prefixed ``orig_``;
 * ``overlays/best_01_<stem>.png`` … and ``worst_01_<stem>.png`` … — the 8 best and 8 worst images
@@ -97,8 +98,10 @@ def run_test(
     batch_size: int = 8,
     threshold: float = 0.5,
     echo: Callable[[str], object] | None = print,
+    exact: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate ``weights`` on the test split of ``data`` (see the module docstring).
+    """Evaluate ``weights`` on the test split of ``data`` (see the module docstring); ``exact``
+    runs float32 on a CPU that would otherwise use the bfloat16 fast path.
 
     Returns the ``metrics.json`` object (NaN kept as float NaN).
 
@@ -116,7 +119,7 @@ def run_test(
         raise MSRFError(f"batch size {batch_size}: must be at least 1")
     if image_size is not None:
         check_image_size(image_size)
-    runner, path, cfg = load_torch_runner(weights, prefer_runs=True, echo=echo)
+    runner, path, cfg = load_torch_runner(weights, prefer_runs=True, echo=echo, exact=exact)
     size = check_image_size(image_size or cfg.image_size, "image size")
     root, message = resolve_data_root(data)
     say(message)
@@ -149,7 +152,8 @@ def run_test(
     orig = summarize([{k: r[f"orig_{k}"] for k in _ROW_KEYS} for r in rows])
     result: dict[str, Any] = dict(model)
     result.update({f"orig_{k}": v for k, v in orig.items()})
-    result.update(n_images=n, image_size=size, threshold=threshold, weights=str(path), data=str(root), variant=cfg.variant)
+    result.update(n_images=n, image_size=size, threshold=threshold, weights=str(path), data=str(root), variant=cfg.variant,
+                  numerics=runner.numerics)
 
     out = Path(out) if out is not None else default_out(path)
     write_outputs(out, result, rows)

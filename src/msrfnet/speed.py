@@ -106,6 +106,13 @@ class SubPixelConvTranspose2d(SameConvTranspose2d):
         self._sp_start = self._sp_conv_pad - before
         # non-persistent: follows .to(device), stays out of the state_dict
         self.register_buffer("sp_index", index.reshape(-1).to(self.weight.device), persistent=False)
+        self._frozen: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def freeze(self) -> None:
+        """Compute ``W'`` once, for inference with fixed weights (a later change of ``weight`` or
+        dtype is not seen: call it after ``.to(...)``, as :func:`optimize_for_cpu_inference` does)."""
+        with torch.no_grad():
+            self._frozen = self.subpixel_weight()
 
     def subpixel_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``W'`` (4·C_out × C_in × K × K, phase-major: channel ``(2a + b)·C_out + c``) and the bias
@@ -121,7 +128,7 @@ class SubPixelConvTranspose2d(SameConvTranspose2d):
         return wp, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        wp, bias = self.subpixel_weight()
+        wp, bias = self._frozen if self._frozen is not None else self.subpixel_weight()
         b, _, h, w = x.shape
         y = F.conv2d(x, wp, bias, padding=self._sp_conv_pad)
         if y.shape[-2:] != (h, w):
@@ -230,4 +237,7 @@ def optimize_for_cpu_inference(
     net = net.to(dtype)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    for m in net.modules():
+        if isinstance(m, SubPixelConvTranspose2d):
+            m.freeze()  # the weights are fixed: no re-gathering of W' on every call
     return CPUInferenceModel(net, dtype, channels_last)
