@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# One GPU session, end to end: benchmark, two kdsb trainings (the original recipe and an improved
-# one) side by side under a time budget, test metrics at both protocols, fp16 weights of the best.
+# One GPU session, end to end: benchmark + profile, kdsb trainings side by side under a time budget
+# (RECIPES: the original recipe, the original recipe with Canny(10, 100) as the only change — the
+# Canny ablation — and the improved recipe), test metrics at both protocols, fp16 weights of the best.
 #
 # Run from the repository root on the GPU machine (device tool), carrying .gpu (the kdsb data,
 # alpha channel and grey duplicates losslessly dropped: tools/pack_kdsb.py) and .whl
 # (albumentations and its needs for Python 3.12):
 #     bash tools/gpu_session.sh            # writes everything under $OUT (default ./gpu-out)
+#     MINUTES=6 RECIPES="original canny100" bash tools/gpu_session.sh   # choose budget and runs
 # Smoke test on a CPU with tiny settings:
 #     SMOKE=1 OUT=/tmp/gs bash tools/gpu_session.sh
 set -u
@@ -14,10 +16,14 @@ mkdir -p "$OUT/res"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src
 DATA=${DATA:-.gpu/kdsb}
 MINUTES=${MINUTES:-3.5}
+RECIPES=${RECIPES:-original canny100 improved}
 if [ "${SMOKE:-0}" = 1 ]; then
   DATA=src/msrfnet/sample; MINUTES=0.3; SIZE=32; BENCH="--device cpu --image-size 32 --batch-size 2 --steps 1 --no-compile"
+  PROBE="--device cpu --tiny --configs b2-eager --budget-s 60"
 else
-  SIZE=256; BENCH="--device cuda"
+  SIZE=256; BENCH="--device cuda --no-compile --steps 10"
+  # eager sweeps + a profile of each; compile modes only if PROBE_CONFIGS asks (they take minutes)
+  PROBE="--configs ${PROBE_CONFIGS:-b64-eager,b32-eager-convT,b16-eager} --budget-s ${PROBE_BUDGET:-100} --steps 6"
 fi
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/res/session.log"; }
 
@@ -31,8 +37,11 @@ python3 -c "import albumentations" 2>>"$OUT/res/session.log" || { AUG=""; log "a
 log "machine: $(tr '\n' ' ' < "$OUT/res/machine.txt")"
 
 log "bench"
-timeout 170 python3 -m msrfnet.cli bench $BENCH --json > "$OUT/res/bench.json" 2> "$OUT/res/bench.log"
+timeout 150 python3 -m msrfnet.cli bench $BENCH --json > "$OUT/res/bench.json" 2> "$OUT/res/bench.log"
 log "bench rc=$? $(head -c 600 "$OUT/res/bench.json")"
+log "probe"  # configurations one change apart, with a kernel-level profile of each
+timeout 170 python3 tools/gpu_bench_probe.py $PROBE --out "$OUT/res/probe" > "$OUT/res/probe.log" 2>&1
+log "probe rc=$?"
 
 log "cache"  # built once here, not by the two trainings at the same time
 python3 -c "
@@ -41,18 +50,22 @@ for split in ('train', 'val', 'test'):
     load_or_build_cache('$DATA', split, $SIZE)
 " >> "$OUT/res/session.log" 2>&1
 
-common=(--data "$DATA" --image-size "$SIZE" --epochs 400 --max-minutes "$MINUTES" --workers 6 --out "$OUT/runs")
-log "train: original recipe (batch 8) and improved recipe, side by side, $MINUTES min each"
-python3 -m msrfnet.cli train "${common[@]}" --name original --batch-size 8 --lr 1e-4 \
-  > "$OUT/res/train_original.log" 2>&1 &
-P1=$!
-python3 -m msrfnet.cli train "${common[@]}" --name improved --batch-size 16 --lr 4e-4 --schedule cosine \
-  --canny-high 100 $AUG > "$OUT/res/train_improved.log" 2>&1 &
-P2=$!
-wait $P1; log "original rc=$?"
-wait $P2; log "improved rc=$?"
+common=(--data "$DATA" --image-size "$SIZE" --epochs 400 --max-minutes "$MINUTES" --workers 4 --out "$OUT/runs")
+declare -A RECIPE=(
+  [original]="--batch-size 8 --lr 1e-4"
+  [canny100]="--batch-size 8 --lr 1e-4 --canny-high 100"
+  [improved]="--batch-size 16 --lr 4e-4 --schedule cosine --canny-high 100 $AUG"
+)
+log "train: $RECIPES side by side, $MINUTES min each"
+pids=()
+for run in $RECIPES; do
+  # shellcheck disable=SC2086  # the recipe is a list of flags
+  python3 -m msrfnet.cli train "${common[@]}" --name "$run" ${RECIPE[$run]} > "$OUT/res/train_$run.log" 2>&1 &
+  pids+=($!)
+done
+for i in "${!pids[@]}"; do wait "${pids[$i]}"; log "train ${RECIPES// /,} #$i rc=$?"; done
 
-for run in original improved; do
+for run in $RECIPES; do
   [ -f "$OUT/runs/$run/best.safetensors" ] || continue
   python3 -m msrfnet.cli test --data "$DATA" --weights "$OUT/runs/$run" --out "$OUT/res/test_$run" --batch-size 16 \
     > "$OUT/res/test_$run.log" 2>&1
@@ -64,12 +77,12 @@ for run in original improved; do
 done
 
 # fp16 weights of the better run by validation DSC, tested again as they will ship
-python3 - "$OUT" <<'PY' >> "$OUT/res/session.log" 2>&1
+python3 - "$OUT" "$RECIPES" <<'PY' >> "$OUT/res/session.log" 2>&1
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 best = None
-for run in ("original", "improved"):
+for run in sys.argv[2].split():
     p = out / "runs" / run / "best_metrics.json"
     if p.exists():
         dsc = json.loads(p.read_text()).get("val/dsc", -1)

@@ -20,6 +20,7 @@ probabilities must be ≤ 1e-4.
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Callable
@@ -150,8 +151,12 @@ def export_onnx(
     opset: int = 17,
     image_size: int = 256,
     echo: Callable[[str], object] | None = print,
+    prepare: Callable[[object], object] | None = None,
 ) -> Path:
     """Export the weights to ONNX at ``out`` (see the module docstring), verified; returns ``out``.
+
+    ``prepare`` rewrites a copy of the model in place before tracing (an export-only form such as
+    :func:`msrfnet.quantize.use_export_subpixel`); the export is verified against the untouched model.
 
     Raises:
         MSRFError: unusable weights or options, or an export that fails or does not verify.
@@ -168,7 +173,10 @@ def export_onnx(
     check_image_size(image_size)
     path = resolve_weights(weights, prefer_runs=False, echo=echo)
     model, cfg, _ = load_model(path, map_location="cpu")
-    model = model.float().eval()
+    model = reference = model.float().eval()
+    if prepare is not None:
+        model = copy.deepcopy(model)
+        prepare(model)
     args = _example(1, image_size, image_size)
     out = Path(out)
     metadata = {
@@ -206,7 +214,7 @@ def export_onnx(
             metadata["exporter"] = name
             metadata["opset"] = opset_used
             _finish(tmp, {k: str(v) for k, v in metadata.items()})
-            worst[0] = verify(model, tmp, image_size, name=out)
+            worst[0] = verify(reference, tmp, image_size, name=out)
             return
         raise MSRFError("ONNX export failed: " + " | ".join(errors))
 
