@@ -148,10 +148,9 @@ def test_run_bench_tiny_cpu(one_thread):
     r = run_bench(device="cpu", image_size=32, batch_size=2, steps=1, compile=False, echo=lines.append)
     _check_result(r, 2, 32)
     assert r["compile_status"] == "off" and r["threads"] == 1
-    # at 32² the bf16 copies of the weights (kept for the backward) weigh as much as the activations,
-    # so only the direction is checked here; tests/test_dense.py checks the DSDF saving itself
+    # bf16 halves every saved activation; the memory-efficient DSDF blocks keep less on top of that
     assert r["memory_efficient"] is True
-    assert 0 < r["saved_gib_per_train_img"] < r["baseline_saved_gib_per_train_img"]
+    assert 0 < r["saved_gib_per_train_img"] < 0.35 * r["baseline_saved_gib_per_train_img"]
     assert any(line.startswith("baseline") for line in lines) and any(line.startswith("optimized") for line in lines)
     assert format_table(r) == lines
 

@@ -347,7 +347,7 @@ def format_table(r: dict[str, Any]) -> list[str]:
             f"{f(r.get(p + 'peak_gib_per_train_img'), '14.3f')} {f(r[p + 'train_tflops'], '14.3f')} "
             f"{f(None if r[p + 'train_tflops'] is None else 100 * r[p + 'train_tflops'] / r['peak_tflops'], '6.1f')}%"
         )
-    lines.append(f"activation memory kept for the backward pass (batch 1): {f(r.get('saved_gib_per_train_img'), '.3f')} "
+    lines.append(f"activation memory kept for the backward pass, per image: {f(r.get('saved_gib_per_train_img'), '.3f')} "
                  f"GiB/img optimized vs {f(r.get('baseline_saved_gib_per_train_img'), '.3f')} baseline")
     lines.append(f"optimized / baseline: train ×{f(r['speedup_train'], '.2f')}, infer ×{f(r['speedup_infer'], '.2f')}; "
                  f"max |Δ prob| of the final mask {f(r['infer_max_prob_diff'], '.1e')}")

@@ -260,29 +260,35 @@ def _inference_path(model, spec: PathSpec, image: torch.Tensor, canny: torch.Ten
 
 
 def saved_activation_gib(model, spec: PathSpec, device: torch.device, image_size: int) -> float:
-    """GiB that autograd keeps for the backward pass per training image: distinct non-parameter
-    storages saved during one eager training forward at batch 1 under ``spec``'s settings.
+    """GiB that autograd keeps for the backward pass per training image under ``spec``'s settings:
+    distinct non-parameter storages saved during one eager training forward at batch 2 minus the
+    same at batch 1, so that what is stored once per step (the bf16 copies of the weights under
+    autocast) is not counted as per-image memory.
 
     The activation memory of a training step, measurable on any device (the CUDA peak adds
     parameters, gradients, optimizer state and the backward's transient buffers on top).
     """
     net = _prepare(model, spec, device).train()
-    image, canny = _random_batch(1, image_size, device)[:2]
-    if spec.channels_last:
-        image = image.contiguous(memory_format=torch.channels_last)
     params = {p.untyped_storage().data_ptr() for p in net.parameters()}
-    saved: dict[int, int] = {}
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()  # saved tensors stay alive: no address is reused
-        if ptr not in params:
-            saved.setdefault(ptr, t.untyped_storage().nbytes())
-        return t
+    def saved_bytes(batch: int) -> int:
+        image, canny = _random_batch(batch, image_size, device)[:2]
+        if spec.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        saved: dict[int, int] = {}
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(device, spec.amp_dtype):
-        out = net(image, canny)
-    del out, net
-    return sum(saved.values()) / 2**30
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            ptr = t.untyped_storage().data_ptr()  # saved tensors stay alive: no address is reused
+            if ptr not in params:
+                saved.setdefault(ptr, t.untyped_storage().nbytes())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(device, spec.amp_dtype):
+            out = net(image, canny)
+        del out
+        return sum(saved.values())
+
+    return (saved_bytes(2) - saved_bytes(1)) / 2**30
 
 
 def _warm(path: _Path, warmup: int, device: torch.device) -> tuple[float, Any]:

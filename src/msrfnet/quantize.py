@@ -260,6 +260,8 @@ def quantize_onnx(
         description += "; stride-2 transposed convs as conv + DepthToSpace"
 
     def write(tmp: str) -> None:
+        # onnxruntime warns about every initializer its optimiser drops: noise for a user
+        ort.set_default_logger_severity(3)
         with tempfile.TemporaryDirectory(prefix="msrf-quant-") as work:
             pre, folded, quant = (str(Path(work) / f) for f in ("pre.onnx", "folded.onnx", "int8.onnx"))
             # onnxruntime's basic optimisations (constant folding, BatchNorm into Conv) so that
