@@ -109,3 +109,13 @@ def test_already_quantized_is_refused(int8, tmp_path):
 def test_calibration_files_prefer_train_split():
     files = calibration_files(sample_root(), n=3)
     assert len(files) == 3 and all(f.parent == sample_root() / "train" / "images" for f in files)
+
+
+def test_cli_export_int8_arguments(monkeypatch, tmp_path):
+    import msrfnet.quantize as quantize_mod
+    from msrfnet.cli import main
+
+    calls = []
+    monkeypatch.setattr(quantize_mod, "export_int8", lambda *a, **k: calls.append((a, k)))
+    assert main(["export", "--int8", "--out", "q.onnx", "--calibration", str(tmp_path), "--calibration-count", "8"]) == 0
+    assert calls == [((None, "q.onnx"), {"calibration": str(tmp_path), "n": 8, "opset": 17, "image_size": 256})]

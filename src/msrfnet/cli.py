@@ -120,6 +120,12 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.int8:
+        from .quantize import export_int8
+
+        export_int8(args.weights, args.out, calibration=args.calibration, n=args.calibration_count,
+                    opset=args.opset, image_size=args.image_size)
+        return 0
     from .export import export_onnx
 
     export_onnx(args.weights, args.out, opset=args.opset, image_size=args.image_size)
@@ -190,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="msrfnet.onnx")
     t.add_argument("--opset", type=int, default=17)
     t.add_argument("--image-size", type=int, default=256, help="example input size used for tracing")
+    t.add_argument("--int8", action="store_true",
+                   help="int8 model for CPU inference (onnxruntime static quantization; see docs/PERFORMANCE.md)")
+    t.add_argument("--calibration", help="--int8 calibration images: a dataset root (its train/images) or a folder "
+                   "of images (default: the bundled kdsb sample's training images)")
+    t.add_argument("--calibration-count", type=int, default=16, help="--int8: number of calibration images")
     t.set_defaults(func=cmd_export)
 
     t = sub.add_parser("bench", help="training/inference throughput, memory and MFU: baseline vs optimized")
