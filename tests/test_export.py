@@ -141,3 +141,19 @@ def test_dynamo_exporter_end_to_end(weights, tmp_path, monkeypatch):
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in onnx.load(str(out), load_external_data=False).graph.input}
     assert dims["image"] == ["batch", 3, "height", "width"]
+
+
+def test_msrf_test_on_onnx_matches_torch(weights, exported, tmp_path, capsys, monkeypatch):
+    """``msrf test --onnx`` evaluates an exported model with its metadata's preprocessing: the same
+    metrics as the float32 PyTorch model it came from."""
+    import json
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["test", "--onnx", str(exported), "--out", str(tmp_path / "onnx")]) == 0
+    assert main(["test", "--weights", str(weights), "--exact", "--out", str(tmp_path / "torch")]) == 0
+    a = json.loads((tmp_path / "onnx" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "torch" / "metrics.json").read_text())
+    assert a["numerics"] == "onnxruntime, float32" and b["numerics"] == "float32"
+    assert a["image_size"] == b["image_size"] == SIZE and a["n_images"] == b["n_images"]
+    assert 0 < b["dsc"] < 1 and abs(a["dsc"] - b["dsc"]) < 1e-3
+    assert main(["test", "--onnx", str(exported), "--weights", str(weights), "--out", str(tmp_path / "x")]) == 2

@@ -90,7 +90,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from .evaluate import run_test
 
     run_test(data=args.data, weights=args.weights, image_size=args.image_size, out=args.out,
-             batch_size=args.batch_size, threshold=args.threshold, exact=args.exact)
+             batch_size=args.batch_size, threshold=args.threshold, exact=args.exact, onnx=args.onnx)
     return 0
 
 
@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="dataset folder (default: ./data/kdsb, else the bundled sample)")
     t.add_argument("--weights", help="run folder, .safetensors or .ckpt (default: the newest run in ./runs, else the shipped weights)")
     t.add_argument("--image-size", type=int, help="model input size (default: from the checkpoint)")
+    t.add_argument("--onnx", help="evaluate this exported ONNX model (float32 or --int8) through onnxruntime")
     t.add_argument("--out", help="output folder (default: <run>/test or ./msrf-test)")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--threshold", type=float, default=0.5)

@@ -99,9 +99,12 @@ def run_test(
     threshold: float = 0.5,
     echo: Callable[[str], object] | None = print,
     exact: bool = False,
+    onnx: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``weights`` on the test split of ``data`` (see the module docstring); ``exact``
-    runs float32 on a CPU that would otherwise use the bfloat16 fast path.
+    runs float32 on a CPU that would otherwise use the bfloat16 fast path; ``onnx`` evaluates an
+    exported (float32 or int8) model through onnxruntime instead, with the image size and Canny
+    thresholds of its metadata.
 
     Returns the ``metrics.json`` object (NaN kept as float NaN).
 
@@ -119,7 +122,16 @@ def run_test(
         raise MSRFError(f"batch size {batch_size}: must be at least 1")
     if image_size is not None:
         check_image_size(image_size)
-    runner, path, cfg = load_torch_runner(weights, prefer_runs=True, echo=echo, exact=exact)
+    if onnx is not None:
+        from .config import Config
+        from .predict import _open_backend
+
+        runner, onnx_size, (low, high) = _open_backend(weights, onnx, image_size, echo)
+        path = Path(onnx)
+        cfg = Config(image_size=onnx_size, canny_low=low, canny_high=high,
+                     variant=runner.metadata.get("variant", "official"))
+    else:
+        runner, path, cfg = load_torch_runner(weights, prefer_runs=True, echo=echo, exact=exact)
     size = check_image_size(image_size or cfg.image_size, "image size")
     root, message = resolve_data_root(data)
     say(message)

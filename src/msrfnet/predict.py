@@ -189,6 +189,8 @@ class OnnxRunner:
             raise MSRFError(f"{path}: {out.shape[1]} output classes; msrf predict handles one-class models")
         self.output = out.name
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        quant = self.metadata.get("quantization")
+        self.numerics = f"onnxruntime, {'int8' if quant else 'float32'}"
 
     def __call__(self, images: np.ndarray, canny: np.ndarray) -> np.ndarray:
         feed = {"image": images.astype(np.float32) / np.float32(255), "canny": canny.astype(np.float32)}

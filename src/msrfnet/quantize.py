@@ -25,6 +25,7 @@ the shipped nuclei weights, not a model trained on polyps.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -273,11 +274,18 @@ def quantize_onnx(
             graph = onnx.load(pre)
             fold_pads(graph)
             onnx.save(graph, folded)
-            quantize_static(
-                folded, quant, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax"}.get(method.lower(), method.capitalize())),
-            )
+            # the quantizer logs one root-logger warning per BatchNorm it leaves in float: noise
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(max(level, logging.ERROR))
+            try:
+                quantize_static(
+                    folded, quant, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax"}.get(method.lower(), method.capitalize())),
+                )
+            finally:
+                root.setLevel(level)
             result = onnx.load(quant)
             del result.metadata_props[:]
             for key, value in {**meta, "quantization": description}.items():
@@ -321,6 +329,10 @@ def export_int8(
             echo("calibration: the bundled kdsb sample's training images (pass --calibration for a model "
                  "trained on other images)")
     with tempfile.TemporaryDirectory(prefix="msrf-export-") as work:
+        def inner(line: str) -> None:  # the float32 file is temporary: do not name it as a result
+            if echo is not None:
+                echo(line.replace(f"wrote {work}/fp32.onnx", "float32 export", 1))
+
         fp32 = export_onnx(weights, Path(work) / "fp32.onnx", opset=opset, image_size=image_size,
-                           echo=echo, prepare=use_export_subpixel)
+                           echo=inner, prepare=use_export_subpixel)
         return quantize_onnx(fp32, out, calibration, n=n, method=method, echo=echo)
