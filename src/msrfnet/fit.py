@@ -62,7 +62,7 @@ def new_run_dir(config: Config) -> Path:
 
 
 def build_trainer(config: Config, run_dir: Path, steps_per_epoch: int) -> L.Trainer:
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
     # a resumed run logs beside the earlier logs (Lightning's CSV logger would overwrite them)
@@ -99,7 +99,10 @@ def build_trainer(config: Config, run_dir: Path, steps_per_epoch: int) -> L.Trai
         precision=resolve_precision(config),
         deterministic=deterministic or None,
         benchmark=torch.cuda.is_available() and not config.deterministic,
-        callbacks=[WeightsExport(run_dir), CurvePlot(run_dir), checkpoint, _InterruptNotice(run_dir)],
+        # every progress-bar refresh reads the logged loss back from the GPU (a host sync): on a
+        # GPU, one refresh per 10 steps keeps the launch queue full in between
+        callbacks=[WeightsExport(run_dir), CurvePlot(run_dir), checkpoint, _InterruptNotice(run_dir),
+                   TQDMProgressBar(refresh_rate=10 if torch.cuda.is_available() else 1)],
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
