@@ -108,3 +108,22 @@ def test_no_autograd_record_is_plain_conv():
     torch.testing.assert_close(y, SameConv2d.forward(conv, torch.cat(parts, 1)))
     # the same parameters as the SameConv2d it replaces: Keras import and checkpoints are unchanged
     assert set(conv.state_dict()) == {"weight", "bias"}
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float64, torch.float64), (torch.float32, torch.bfloat16)])
+def test_scaled_leaky_residual_keeps_only_the_sign(dtypes):
+    from msrfnet.model.dense import scaled_leaky_residual
+
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 5, 5, dtype=dtypes[0], requires_grad=True)
+    t = torch.randn(2, 3, 5, 5, dtype=dtypes[1])
+    t[0, 0, 0, :3] = 0  # LeakyReLU's backward takes the negative slope at exactly 0
+    t.requires_grad_()
+    y_ref = scaled_leaky_residual(x, t, 0.25, 0.4, memory_efficient=False)
+    (y, saved) = _saved_bytes(lambda: scaled_leaky_residual(x, t, 0.25, 0.4))
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, (x, t), g), torch.autograd.grad(y_ref, (x, t), g)):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert sum(saved.values()) == t.numel()  # one bool per element, nothing else

@@ -3,7 +3,7 @@
 Every DSDF layer convolves the concatenation of all earlier layers of its stream. Autograd keeps
 each concatenation alive for the convolution's weight gradient, so a block stores its feature
 stack over and over: at 256² in bf16 the whole model kept 0.78 GiB per training image for the
-backward pass, 0.40 GiB with this (``docs/PERFORMANCE.md``). The parts themselves are kept anyway (they are the layers' outputs), so
+backward pass, 0.38 GiB with this module (``docs/PERFORMANCE.md``). The parts themselves are kept anyway (they are the layers' outputs), so
 :class:`DenseConv2d` saves the *parts* and rebuilds the concatenation in the backward pass: one
 extra copy per layer, no extra convolution (unlike activation checkpointing). This is the
 "shared memory" idea of memory-efficient DenseNets (Pleiss et al. 2017) without the BN, which the
@@ -11,6 +11,10 @@ DSDF layers do not have.
 
 The forward value is the same computation as ``conv(cat(parts))``; the gradients are those of
 ``torch.ops.aten.convolution_backward``, which autograd would call itself.
+
+The block's last layers feed only its residual ``x + 0.4·LeakyReLU(t)``; autograd would keep the
+activation (two bytes an element in bf16) for LeakyReLU's backward, which needs only the sign of
+``t``: :func:`scaled_leaky_residual` keeps that sign as one byte.
 """
 
 from __future__ import annotations
@@ -80,12 +84,48 @@ class DenseConv2d(SameConv2d):
         assert self._pad is None  # odd kernel, stride 1: symmetric padding inside the conv
 
     def forward(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
-        records = torch.is_grad_enabled() and (
-            self.weight.requires_grad or any(p.requires_grad for p in parts)
-        )
-        if not (records and self.memory_efficient) or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        if not (self.memory_efficient and _recording(self.weight, *parts)):
             return super().forward(torch.cat(list(parts), dim=1))
         return _ConcatConv.apply(self.weight, self.bias, self.padding[0], *parts)
+
+
+def _recording(*tensors: torch.Tensor) -> bool:
+    return (
+        torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+    )
+
+
+class _ScaledLeakyResidual(torch.autograd.Function):
+    """``x + scale · leaky_relu(t, slope)`` keeping only ``t > 0`` (bool) for the backward."""
+
+    @staticmethod
+    def forward(ctx, x, t, slope, scale):  # type: ignore[override]
+        ctx.save_for_backward(t > 0)
+        ctx.slope, ctx.scale, ctx.dtypes = slope, scale, (x.dtype, t.dtype)
+        return x + scale * F.leaky_relu(t, slope)  # the same ops, in the same order, as unfused
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (positive,) = ctx.saved_tensors
+        gx = gt = None
+        if ctx.needs_input_grad[0]:
+            gx = grad.to(ctx.dtypes[0])
+        if ctx.needs_input_grad[1]:
+            # as autograd: the sum's backward casts to the term's dtype, then d(scale·a), then
+            # LeakyReLU's backward (the same roundings in bf16)
+            g = grad.to(ctx.dtypes[1]) * ctx.scale
+            gt = torch.where(positive, g, g * ctx.slope)
+        return gx, gt, None, None
+
+
+def scaled_leaky_residual(x: torch.Tensor, t: torch.Tensor, slope: float, scale: float,
+                          memory_efficient: bool = True) -> torch.Tensor:
+    """``x + scale · LeakyReLU(t)``; while autograd records (and ``memory_efficient``), only the
+    sign of ``t`` is kept for the backward pass, not the activation."""
+    if memory_efficient and _recording(x, t):
+        return _ScaledLeakyResidual.apply(x, t, slope, scale)
+    return x + scale * F.leaky_relu(t, slope)
 
 
 def set_memory_efficient(model: torch.nn.Module, enabled: bool) -> int:
