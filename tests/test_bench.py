@@ -279,3 +279,27 @@ def test_full_size_cpu_bench():
     assert r["infer_s_per_img"] < r["baseline_infer_s_per_img"]
     print(f"full-size CPU bench: {time.perf_counter() - t0:.0f} s; "
           f"{r['infer_s_per_img']:.3f} s/img vs {r['baseline_infer_s_per_img']:.3f}")
+
+
+def test_data_throughput_counts_whole_epochs(one_thread):
+    from msrfnet.bench_data import data_throughput
+    from msrfnet.data import sample_root
+
+    r = data_throughput(sample_root(), image_size=32, batch_size=4, workers=0, epochs=2)
+    n_train = len(list((sample_root() / "train" / "images").glob("*.png")))
+    assert r["data_images"] == 2 * (n_train // 4) * 4  # drop_last, two timed epochs
+    assert r["data_img_s"] == pytest.approx(r["data_images"] / r["data_seconds"])
+    assert r["data_workers"] == 0 and r["data_augment"] is False
+
+
+def test_cli_bench_with_data_reports_the_ratio(one_thread, capsys):
+    from msrfnet.cli import main
+    from msrfnet.data import sample_root
+
+    rc = main(["bench", "--device", "cpu", "--json", "--image-size", "32", "--batch-size", "2", "--steps", "1",
+               "--no-compile", "--data", str(sample_root()), "--workers", "0"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["data_img_s"] > 0 and r["data_batch_size"] == 2
+    assert r["data_over_train"] == pytest.approx(r["data_img_s"] / r["train_img_s"])
+    assert any(line.startswith("data pipeline:") for line in format_table(r))

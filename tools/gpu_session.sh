@@ -37,7 +37,7 @@ python3 -c "import albumentations" 2>>"$OUT/res/session.log" || { AUG=""; log "a
 log "machine: $(tr '\n' ' ' < "$OUT/res/machine.txt")"
 
 log "bench"
-timeout 150 python3 -m msrfnet.cli bench $BENCH --json > "$OUT/res/bench.json" 2> "$OUT/res/bench.log"
+timeout 150 python3 -m msrfnet.cli bench $BENCH --data "$DATA" --workers 6 $AUG --json > "$OUT/res/bench.json" 2> "$OUT/res/bench.log"
 log "bench rc=$? $(head -c 600 "$OUT/res/bench.json")"
 log "probe"  # configurations one change apart, with a kernel-level profile of each
 timeout 170 python3 tools/gpu_bench_probe.py $PROBE --out "$OUT/res/probe" > "$OUT/res/probe.log" 2>&1

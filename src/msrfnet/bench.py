@@ -154,6 +154,7 @@ def run_bench(
     variant: str = "official",
     seed: int = 0,
     train_hook: Callable | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Benchmark the baseline and the optimized path in one run; returns (and prints) the results.
 
@@ -166,6 +167,7 @@ def run_bench(
     JSON object goes to stdout and everything else to stderr; otherwise a table goes to ``echo``.
     ``train_hook(step, device)`` is called with the optimized path's warm training step after its
     timing (``tools/gpu_bench_probe.py`` profiles it there); its result is ``result["train_hook"]``.
+    ``extra`` is merged into the result (``msrf bench --data``: :mod:`msrfnet.bench_data`'s keys).
     """
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
@@ -193,6 +195,9 @@ def run_bench(
                       _specs(dev, compile, compile_mode, compile_cpu, channels_last, subpixel, amp),
                       compile=compile, compile_mode=compile_mode, baseline=baseline, inference=inference,
                       variant=variant, seed=seed, train_hook=train_hook)
+    result.update(extra or {})
+    if "data_img_s" in result:
+        result["data_over_train"] = result["data_img_s"] / result["train_img_s"]
     if as_json:
         print(json.dumps(result), flush=True)
     else:
@@ -351,6 +356,10 @@ def format_table(r: dict[str, Any]) -> list[str]:
                  f"GiB/img optimized vs {f(r.get('baseline_saved_gib_per_train_img'), '.3f')} baseline")
     lines.append(f"optimized / baseline: train ×{f(r['speedup_train'], '.2f')}, infer ×{f(r['speedup_infer'], '.2f')}; "
                  f"max |Δ prob| of the final mask {f(r['infer_max_prob_diff'], '.1e')}")
+    if "data_img_s" in r:
+        lines.append(f"data pipeline: {r['data_img_s']:.1f} img/s ({r['data_workers']} workers, batch "
+                     f"{r['data_batch_size']}{', augmented' if r['data_augment'] else ''}) = "
+                     f"{r['data_over_train']:.1f}× the optimized training rate")
     if r["device"] == "cpu":
         lines.append(f"CPU inference, batch {r['infer_batch_size']}, {r['threads']} threads: "
                      f"{f(r['infer_s_per_img'], '.3f')} s/img optimized vs {f(r['baseline_infer_s_per_img'], '.3f')} s/img "

@@ -135,8 +135,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
+    extra = None
+    if args.data is not None:
+        from .bench_data import data_throughput
+
+        extra = data_throughput(args.data, image_size=args.image_size, batch_size=args.batch_size or 32,
+                                workers=args.workers, augment=args.augment)
     run_bench(device=args.device, as_json=args.json, batch_size=args.batch_size, image_size=args.image_size,
-              steps=args.steps, compile=not args.no_compile)
+              steps=args.steps, compile=not args.no_compile, extra=extra)
     return 0
 
 
@@ -211,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, default=256)
     t.add_argument("--steps", type=int)
     t.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the optimized path")
+    t.add_argument("--data", help="also measure the training data loader on this dataset (images/s)")
+    t.add_argument("--workers", type=int, default=2, help="--data: loader worker processes (default 2)")
+    t.add_argument("--augment", action="store_true", help="--data: with the training augmentation")
     t.set_defaults(func=cmd_bench)
     return p
 
