@@ -173,7 +173,7 @@ def export_onnx(
     check_image_size(image_size)
     path = resolve_weights(weights, prefer_runs=False, echo=echo)
     model, cfg, _ = load_model(path, map_location="cpu")
-    model = reference = model.float().eval()
+    model = reference = model.float().eval().requires_grad_(False)  # the plain graph, not training's
     if prepare is not None:
         model = copy.deepcopy(model)
         prepare(model)

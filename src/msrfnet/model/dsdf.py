@@ -72,19 +72,23 @@ class DSDFBlock(nn.Module):
         # in place on a fresh conv output: LeakyReLU (slope > 0) backpropagates from its result,
         # so the pre-activation is not kept as well (half the memory of each layer)
         act_ = lambda t: F.leaky_relu(t, SLOPE, inplace=True)  # noqa: E731
+        # U's output can be a view (the crop of a transposed conv, the sub-pixel shuffle); in place
+        # on a view, torch.export guards the batch size (≤ 2), so graph capture keeps it out of place
+        capturing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        act_u = act if capturing else act_
         hs = [x_high, act_(self.high[0](x_high))]
         # official: LeakyReLU of the block input itself (#15), not in place
         ls = [x_low, act(x_low) if isinstance(self.low[0], nn.Identity) else act_(self.low[0](x_low))]
         for i in range(1, 4):
             s = self.sources[i - 1]
             d = act_(self.down[i - 1](hs[s]))
-            u = act_(self.up[i - 1](ls[s]))
+            u = act_u(self.up[i - 1](ls[s]))
             # DenseConv2d: the concatenation is not stored for the backward pass (model/dense.py)
             hs.append(act_(self.high[i](hs + [u])))
             ls.append(act_(self.low[i](ls + [d])))
         s = self.sources[3]
         d = act_(self.down[3](hs[s]))
-        u = act_(self.up[3](ls[s]))
+        u = act_u(self.up[3](ls[s]))
         # the fifth layers feed only the residual X + 0.4·LReLU(M5)
         efficient = self.high[4].memory_efficient
         out_h = scaled_leaky_residual(x_high, self.high[4](hs + [u]), SLOPE, RESIDUAL_SCALE, efficient)
