@@ -82,15 +82,9 @@ class ExportSubPixel(nn.Module):
 def use_export_subpixel(model: nn.Module, kernel_sizes: Sequence[int] = SUBPIXEL_KERNELS) -> int:
     """Swap the stride-2 transposed convs with a kernel in ``kernel_sizes`` for
     :class:`ExportSubPixel`, in place (an eval-mode model for export); returns how many."""
-    from .speed import _is_swappable
+    from .speed import use_subpixel_upsampling
 
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if _is_swappable(child, tuple(kernel_sizes)):
-                setattr(parent, name, ExportSubPixel(child))
-                count += 1
-    return count
+    return use_subpixel_upsampling(model, tuple(kernel_sizes), build=ExportSubPixel)
 
 
 def fold_pads(model) -> int:

@@ -29,6 +29,7 @@ The numbers behind the choice are in ``docs/PERFORMANCE.md`` and ``msrf bench --
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -154,9 +155,13 @@ def _is_swappable(m: nn.Module, kernel_sizes: tuple[int, ...]) -> bool:
     )
 
 
-def use_subpixel_upsampling(model: nn.Module, kernel_sizes: tuple[int, ...] = (3,)) -> int:
+def use_subpixel_upsampling(
+    model: nn.Module,
+    kernel_sizes: tuple[int, ...] = (3,),
+    build: Callable[[SameConvTranspose2d], nn.Module] = SubPixelConvTranspose2d.from_transposed,
+) -> int:
     """Swap every stride-2 ``SameConvTranspose2d`` with a kernel in ``kernel_sizes`` for
-    :class:`SubPixelConvTranspose2d`, in place; returns how many were swapped.
+    ``build(layer)`` (default :class:`SubPixelConvTranspose2d`), in place; returns how many.
 
     The default swaps the 3×3 ones (the 40 DSDF up-exchanges): the 4×4 (decoder) ones already run
     at full speed and would cost 36/16 of their work as a 3×3 conv. Parameters are shared, so
@@ -166,7 +171,7 @@ def use_subpixel_upsampling(model: nn.Module, kernel_sizes: tuple[int, ...] = (3
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if _is_swappable(child, kernel_sizes):
-                setattr(parent, name, SubPixelConvTranspose2d.from_transposed(child))
+                setattr(parent, name, build(child))
                 count += 1
     return count
 

@@ -3,11 +3,11 @@
 Every DSDF layer convolves the concatenation of all earlier layers of its stream. Autograd keeps
 each concatenation alive for the convolution's weight gradient, so a block stores its feature
 stack over and over: at 256² in bf16 the whole model kept 0.78 GiB per training image for the
-backward pass, 0.38 GiB with this module (``docs/PERFORMANCE.md``). The parts themselves are kept anyway (they are the layers' outputs), so
-:class:`DenseConv2d` saves the *parts* and rebuilds the concatenation in the backward pass: one
-extra copy per layer, no extra convolution (unlike activation checkpointing). This is the
-"shared memory" idea of memory-efficient DenseNets (Pleiss et al. 2017) without the BN, which the
-DSDF layers do not have.
+backward pass, 0.38 GiB with this module (``docs/PERFORMANCE.md``). The parts themselves are kept
+anyway (they are the layers' outputs), so :class:`DenseConv2d` saves the *parts* and rebuilds
+the concatenation in the backward pass: one extra copy per layer, no extra convolution (unlike
+activation checkpointing). This is the "shared memory" idea of memory-efficient DenseNets
+(Pleiss et al. 2017) without the BN, which the DSDF layers do not have.
 
 The forward value is the same computation as ``conv(cat(parts))``; the gradients are those of
 ``torch.ops.aten.convolution_backward``, which autograd would call itself.

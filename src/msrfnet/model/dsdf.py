@@ -79,20 +79,19 @@ class DSDFBlock(nn.Module):
         hs = [x_high, act_(self.high[0](x_high))]
         # official: LeakyReLU of the block input itself (#15), not in place
         ls = [x_low, act(x_low) if isinstance(self.low[0], nn.Identity) else act_(self.low[0](x_low))]
-        for i in range(1, 4):
+        for i in range(1, 5):
             s = self.sources[i - 1]
             d = act_(self.down[i - 1](hs[s]))
             u = act_u(self.up[i - 1](ls[s]))
             # DenseConv2d: the concatenation is not stored for the backward pass (model/dense.py)
-            hs.append(act_(self.high[i](hs + [u])))
-            ls.append(act_(self.low[i](ls + [d])))
-        s = self.sources[3]
-        d = act_(self.down[3](hs[s]))
-        u = act_u(self.up[3](ls[s]))
-        # the fifth layers feed only the residual X + 0.4·LReLU(M5)
+            m_h, m_l = self.high[i](hs + [u]), self.low[i](ls + [d])
+            if i < 4:
+                hs.append(act_(m_h))
+                ls.append(act_(m_l))
+        # the fifth layers (m_h, m_l before their LeakyReLU) feed only the residual X + 0.4·LReLU(M5)
         efficient = self.high[4].memory_efficient
-        out_h = scaled_leaky_residual(x_high, self.high[4](hs + [u]), SLOPE, RESIDUAL_SCALE, efficient)
-        out_l = scaled_leaky_residual(x_low, self.low[4](ls + [d]), SLOPE, RESIDUAL_SCALE, efficient)
+        out_h = scaled_leaky_residual(x_high, m_h, SLOPE, RESIDUAL_SCALE, efficient)
+        out_l = scaled_leaky_residual(x_low, m_l, SLOPE, RESIDUAL_SCALE, efficient)
         return out_h, out_l
 
 
