@@ -17,12 +17,26 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
+
+
+def alternate(runs: dict[str, Callable[[], object]], rounds: int, reps: int) -> dict[str, list[float]]:
+    """Seconds per call of each run, per round; every round runs each of them ``reps`` times in
+    turn, so that a busy machine slows all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                run()
+            times[name].append((time.perf_counter() - t0) / reps)
+    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,13 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs.values():  # warm-up: allocations, oneDNN primitive caches
         run()
         run()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(args.rounds):
-        for name, run in runs.items():
-            t0 = time.perf_counter()
-            for _ in range(args.reps):
-                run()
-            times[name].append((time.perf_counter() - t0) / args.reps)
+    times = alternate(runs, args.rounds, args.reps)
     base = float(np.median(times["pytorch float32 (--exact)"]))
     print(f"CPU inference, batch 1, {s}², {args.threads} threads, {args.rounds} alternating rounds × {args.reps}; "
           f"torch {torch.__version__}, onnxruntime {ort.__version__}; {time.strftime('%Y-%m-%d %H:%M')}")

@@ -21,6 +21,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
+from cpu_inference_compare import alternate  # noqa: E402  (tools/ is the script's own folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,26 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = optimize_for_cpu_inference(model)  # bfloat16 where the CPU has it: the msrf predict default
     fp32 = model.eval()
 
-    def run_bf16(x, c):
-        with torch.inference_mode():
-            return bf16(x, c).final
-
-    def run_fp32(x, c):
-        with torch.inference_mode():
-            return fp32(x, c).final
+    def final_logits(net):
+        def run(x, c):
+            with torch.inference_mode():
+                return net(x, c).final
+        return run
 
     x, c = feeds[1] if len(feeds) > 1 else feeds[0]
-    times: dict[str, list[float]] = {"bfloat16 eager": [], "int8 inductor": []}
-    runs = {"bfloat16 eager": run_bf16, "int8 inductor": int8}
+    runs = {"bfloat16 eager": final_logits(bf16), "int8 inductor": int8}
     with flush_denormals():
         for f in runs.values():
             f(x, c)
-        for _ in range(args.rounds):
-            for name, f in runs.items():
-                start = time.perf_counter()
-                for _ in range(args.reps):
-                    f(x, c)
-                times[name].append((time.perf_counter() - start) / args.reps)
+        times = alternate({name: (lambda f=f: f(x, c)) for name, f in runs.items()}, args.rounds, args.reps)
     base = float(np.median(times["bfloat16 eager"]))
     print(f"\n{'variant':<16} {'median s/img':>12} {'min s/img':>10} {'vs bf16':>8}")
     for name, ts in times.items():
@@ -92,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     data = MSRFDataset(cache, canny=(cfg.canny_low, cfg.canny_high))
     masks: dict[str, list[np.ndarray]] = {"int8 inductor": [], "bfloat16 eager": [], "float32 eager": []}
     truths = []
-    runs["float32 eager"] = run_fp32
+    runs["float32 eager"] = final_logits(fp32)
     with flush_denormals():
         for i in range(len(data)):
             item = data[i]

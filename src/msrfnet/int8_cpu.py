@@ -37,6 +37,7 @@ from torch import nn
 
 from .errors import MSRFError
 
+
 def _require_torchao():
     try:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
@@ -142,9 +143,7 @@ def quantize_model(model: nn.Module, feeds: Sequence[tuple[torch.Tensor, torch.T
     from .quantize import use_export_subpixel
 
     _, prepare_pt2e, convert_pt2e = _require_torchao()
-    net = copy.deepcopy(model).cpu().float().eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
+    net = copy.deepcopy(model).cpu().float().eval().requires_grad_(False)
     use_export_subpixel(net)  # plain convs instead of transposed ones: all int8
     wrapped = _FinalLogits(net).eval()
     with torch.no_grad():
