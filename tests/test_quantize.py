@@ -37,13 +37,14 @@ def _test_inputs():
     return model_inputs([read_image(f) for f in files], SIZE, 10, 1000)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("kernel", [2, 3, 4])
-def test_export_subpixel_equals_transposed_conv(kernel):
+def test_export_subpixel_equals_transposed_conv(kernel, channels_last):
     torch.manual_seed(kernel)
     layer = SameConvTranspose2d(5, 6, kernel).eval()
     x = torch.randn(2, 5, 6, 10)
     with torch.no_grad():
-        assert torch.allclose(ExportSubPixel(layer)(x), layer(x), atol=1e-5)
+        assert torch.allclose(ExportSubPixel(layer, channels_last)(x), layer(x), atol=1e-5)
 
 
 def test_fold_pads_moves_zero_pad_into_conv(fp32, tmp_path):
