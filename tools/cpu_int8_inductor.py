@@ -3,17 +3,20 @@
 
     python tools/cpu_int8_inductor.py --data ../shared/data/kdsb      # timing + test DSC, 2 threads
 
-Calibrates the shipped weights on 16 images of ``--data``'s training split, compiles, then times
-bfloat16 (the ``msrf predict`` default) and int8 alternately (batch 1, 256², ``--rounds`` rounds
-of ``--reps`` images each: a busy machine slows both alike) and prints the median and minimum
-seconds per image. Then the mean per-image DSC of int8, bfloat16 and float32 masks on the test
-split at 256² (the paper protocol, as ``msrf test``), and the mask agreement of int8 with float32.
+Calibrates the shipped weights on 16 images of ``--data``'s training split, compiles the quantized
+graph twice — just in time (``torch.compile``) and ahead of time (the AOTInductor package of
+``msrf export --int8 --out X.pt2``) — then times bfloat16 (the ``msrf predict`` default) and both
+int8 builds alternately (batch 1, 256², ``--rounds`` rounds of ``--reps`` images each: a busy
+machine slows all alike) and prints the median and minimum seconds per image. Then the mean
+per-image DSC of the masks of each on the test split at 256² (the paper protocol, as ``msrf
+test``), and their agreement with float32.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from msrfnet.checkpoint import load_model
     from msrfnet.data import MSRFDataset, load_or_build_cache, resolve_data_root
-    from msrfnet.int8_cpu import compile_int8, quantize_model
+    from msrfnet.int8_cpu import compile_int8, compile_package, quantize_model
     from msrfnet.metrics import per_image_table, summarize
     from msrfnet.predict import flush_denormals
     from msrfnet.quantize import calibration_files, calibration_inputs
@@ -49,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     size = cfg.image_size
     root, _ = resolve_data_root(args.data)
     files = calibration_files(root, args.calibration_count)
-    feeds = [(torch.from_numpy(f["image"]), torch.from_numpy(f["canny"]))
+    # contiguous NCHW, as the test images below: the AOTInductor package is specialised to its
+    # example's strides (and torch.compile would compile a second time for other strides)
+    feeds = [(torch.from_numpy(f["image"]).contiguous(), torch.from_numpy(f["canny"]).contiguous())
              for f in calibration_inputs(files, size, cfg.canny_low, cfg.canny_high)]
     t0 = time.perf_counter()
     quantized = quantize_model(model, feeds)
@@ -58,8 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     with flush_denormals():
         int8(*feeds[0])
     t2 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as work:
+        compile_package(quantized, feeds[0], f"{work}/int8.pt2")
+        package = torch._inductor.aoti_load_package(f"{work}/int8.pt2")
+    t3 = time.perf_counter()
     print(f"torch {torch.__version__}, {args.threads} threads; calibration on {len(files)} images {t1 - t0:.0f} s, "
-          f"compile {t2 - t1:.0f} s")
+          f"torch.compile {t2 - t1:.0f} s, AOTInductor package {t3 - t2:.0f} s")
+
+    def int8_package(x, c):
+        with torch.no_grad():
+            return package(x, c)
 
     bf16 = optimize_for_cpu_inference(model)  # bfloat16 where the CPU has it: the msrf predict default
     fp32 = model.eval()
@@ -71,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     x, c = feeds[1] if len(feeds) > 1 else feeds[0]
-    runs = {"bfloat16 eager": final_logits(bf16), "int8 inductor": int8}
+    runs = {"bfloat16 eager": final_logits(bf16), "int8 inductor": int8, "int8 package": int8_package}
     with flush_denormals():
         for f in runs.values():
             f(x, c)
@@ -83,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cache = load_or_build_cache(root, "test", size, mask_threshold=cfg.mask_threshold)
     data = MSRFDataset(cache, canny=(cfg.canny_low, cfg.canny_high))
-    masks: dict[str, list[np.ndarray]] = {"int8 inductor": [], "bfloat16 eager": [], "float32 eager": []}
+    masks: dict[str, list[np.ndarray]] = {name: [] for name in (*runs, "float32 eager")}
     truths = []
     runs["float32 eager"] = final_logits(fp32)
     with flush_denormals():

@@ -90,7 +90,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from .evaluate import run_test
 
     run_test(data=args.data, weights=args.weights, image_size=args.image_size, out=args.out,
-             batch_size=args.batch_size, threshold=args.threshold, exact=args.exact, onnx=args.onnx)
+             batch_size=args.batch_size, threshold=args.threshold, exact=args.exact, onnx=args.onnx, pt2=args.pt2)
     return 0
 
 
@@ -99,7 +99,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     run_predict(args.inputs, weights=args.weights, onnx=args.onnx, out=args.out, overlay=args.overlay,
                 probabilities=args.probabilities, tta=args.tta, threshold=args.threshold,
-                batch_size=args.batch_size, image_size=args.image_size, exact=args.exact)
+                batch_size=args.batch_size, image_size=args.image_size, exact=args.exact, pt2=args.pt2)
     return 0
 
 
@@ -120,6 +120,14 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.out.endswith(".pt2") and not args.int8:
+        raise MSRFError(f"{args.out}: a .pt2 package is the int8 CPU model; add --int8 (or write an .onnx file)")
+    if args.int8 and args.out.endswith(".pt2"):
+        from .int8_cpu import export_int8_pt2
+
+        export_int8_pt2(args.weights, args.out, calibration=args.calibration, n=args.calibration_count,
+                        image_size=args.image_size)
+        return 0
     if args.int8:
         from .quantize import export_int8
 
@@ -162,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weights", help="run folder, .safetensors or .ckpt (default: the newest run in ./runs, else the shipped weights)")
     t.add_argument("--image-size", type=int, help="model input size (default: from the checkpoint)")
     t.add_argument("--onnx", help="evaluate this exported ONNX model (float32 or --int8) through onnxruntime")
+    t.add_argument("--pt2", help="evaluate this int8 package of msrf export --int8 --out X.pt2 (torchao + AOTInductor, CPU)")
     t.add_argument("--out", help="output folder (default: <run>/test or ./msrf-test)")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--threshold", type=float, default=0.5)
@@ -173,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("inputs", nargs="+", help="image files or folders")
     t.add_argument("--weights", help="run folder, .safetensors or .ckpt (default: the shipped weights)")
     t.add_argument("--onnx", help="predict with this ONNX model through onnxruntime instead of PyTorch")
+    t.add_argument("--pt2", help="predict with this int8 package of msrf export --int8 --out X.pt2 (torchao + AOTInductor, CPU)")
     t.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     t.add_argument("--overlay", action="store_true", help="also write image | mask overlays")
     t.add_argument("--probabilities", action="store_true", help="also write probability maps (16-bit PNG)")
@@ -204,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--opset", type=int, default=17)
     t.add_argument("--image-size", type=int, default=256, help="example input size used for tracing")
     t.add_argument("--int8", action="store_true",
-                   help="int8 model for CPU inference (onnxruntime static quantization; see docs/PERFORMANCE.md)")
+                   help="int8 model for CPU inference: onnxruntime static quantization, or with --out X.pt2 a "
+                        "torchao + AOTInductor package for this CPU (faster; see docs/PERFORMANCE.md)")
     t.add_argument("--calibration", help="--int8 calibration images: a dataset root (its train/images) or a folder "
                    "of images (default: the bundled kdsb sample's training images)")
     t.add_argument("--calibration-count", type=int, default=16, help="--int8: number of calibration images")

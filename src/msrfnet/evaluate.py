@@ -100,11 +100,13 @@ def run_test(
     echo: Callable[[str], object] | None = print,
     exact: bool = False,
     onnx: str | Path | None = None,
+    pt2: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``weights`` on the test split of ``data`` (see the module docstring); ``exact``
     runs float32 on a CPU that would otherwise use the bfloat16 fast path; ``onnx`` evaluates an
     exported (float32 or int8) model through onnxruntime instead, with the image size and Canny
-    thresholds of its metadata.
+    thresholds of its metadata; ``pt2`` likewise an int8 AOTInductor package (``msrf export
+    --int8 --out X.pt2``).
 
     Returns the ``metrics.json`` object (NaN kept as float NaN).
 
@@ -122,12 +124,12 @@ def run_test(
         raise MSRFError(f"batch size {batch_size}: must be at least 1")
     if image_size is not None:
         check_image_size(image_size)
-    if onnx is not None:
+    if onnx is not None or pt2 is not None:
         from .config import Config
         from .predict import _open_backend
 
-        runner, onnx_size, (low, high) = _open_backend(weights, onnx, image_size, echo)
-        path = Path(onnx)
+        runner, onnx_size, (low, high) = _open_backend(weights, onnx, image_size, echo, pt2=pt2)
+        path = Path(onnx if onnx is not None else pt2)
         cfg = Config(image_size=onnx_size, canny_low=low, canny_high=high,
                      variant=runner.metadata.get("variant", "official"))
     else:

@@ -2,9 +2,11 @@
 
 :func:`quantize_model` + :func:`compile_int8`: the model's convolutions as oneDNN int8 kernels
 (VNNI), everything between them as inductor-generated C++ loops. Measured on a 2-core Zen4 (batch
-1, 2 threads): 0.40–0.43 s per 256² image against 0.57–0.61 s for the bfloat16 eager path, after
-1.5–3 min of calibration and compilation per process (``python tools/cpu_int8_inductor.py``; numbers in
-docs/PERFORMANCE.md). That start-up cost is why ``msrf predict``/``msrf test`` do not use it.
+1, 2 threads): 0.39 s per 256² image (AOTInductor package) where the bfloat16 eager path took
+0.65 s, after 2–3 min of calibration and compilation (``python tools/cpu_int8_inductor.py``;
+numbers in docs/PERFORMANCE.md). :func:`export_int8_pt2` (``msrf export --int8 --out model.pt2``) pays that
+once: an AOTInductor package that :class:`Pt2Runner` (``msrf predict/test --pt2 model.pt2``) loads in
+about 2 s.
 
 What it takes to get there, each found by measuring:
 
@@ -20,7 +22,9 @@ What it takes to get there, each found by measuring:
   the conv before it even when that conv's output has other users; D2/D3's merge conv feeds both
   ``res_bn1`` and the residual sum, so the folded graph computed a different function (kdsb DSC
   −0.02 on 17 test images). Here a BN is folded into a conv only when the conv has no other user,
-  and becomes an explicit per-channel affine otherwise; the float graph is unchanged (≤ 1e-5).
+  and becomes an explicit per-channel affine otherwise; the float graph is unchanged (≤ 1e-5);
+* **a pixel shuffle for channels-last memory** (``use_export_subpixel(channels_last=True)``): with
+  ``F.pixel_shuffle``'s channel order inductor wrote a scalar loop, ~60 ms per image.
 
 Quantization: int8 per-channel weights, uint8 per-tensor activations, MinMax calibration on
 training images (the histogram observer of torchao's default recipe loses more: 0.9216 vs 0.9223
@@ -31,7 +35,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -144,7 +150,7 @@ def quantize_model(model: nn.Module, feeds: Sequence[tuple[torch.Tensor, torch.T
 
     _, prepare_pt2e, convert_pt2e = _require_torchao()
     net = copy.deepcopy(model).cpu().float().eval().requires_grad_(False)
-    use_export_subpixel(net)  # plain convs instead of transposed ones: all int8
+    use_export_subpixel(net, channels_last=True)  # plain convs instead of transposed ones: all int8
     wrapped = _FinalLogits(net).eval()
     with torch.no_grad():
         gm = torch.export.export(wrapped, tuple(feeds[0]), strict=True).module()
@@ -158,11 +164,8 @@ def quantize_model(model: nn.Module, feeds: Sequence[tuple[torch.Tensor, torch.T
 def compile_int8(quantized: torch.fx.GraphModule) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``torch.compile`` of a :func:`quantize_model` graph with frozen weights, the setting under
     which inductor lowers it to oneDNN int8 convolutions (without freezing they stay float32).
-    The compile runs on the first call (~2 min on 2 cores); later calls take the input shape it saw.
-
-    Ahead-of-time packaging (AOTInductor) of the same graph was tried and is not offered: for some
-    calibrations its package disagreed with the quantized graph on whole images (mask agreement
-    0.61–0.97 on kdsb test images, against ≥ 0.997 for this JIT compile of the same graph).
+    The compile runs on the first call (~1–2 min on 2 cores); a call with another input shape or
+    memory layout compiles again.
     """
     import torch._inductor.config as inductor_config
 
@@ -173,3 +176,154 @@ def compile_int8(quantized: torch.fx.GraphModule) -> Callable[[torch.Tensor, tor
             return compiled(image, canny)
 
     return run
+
+
+# --- the AOTInductor package (msrf export --int8 --out X.pt2) --------------------------------------
+
+PT2_FORMAT = "msrfnet-int8-aoti"
+# package vs the quantized graph it was compiled from, per image: mean |Δprobability| ≤ 0.003 and
+# masks equal on ≥ 99.7 % of the pixels on kdsb test images; a miscompiled package (the strides
+# below) had 61–97 % on kdsb, and 56 % with mean |Δp| 0.024 on the tests' random model
+MAX_MEAN_DIFF, MIN_AGREEMENT = 0.01, 0.9
+_ISA_RANK = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}  # x86 capabilities, each a superset of the one before
+
+
+def _nchw(images: np.ndarray, canny: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    # Contiguous NCHW float32, always: an AOTInductor package is specialised to its example's
+    # strides and does not check them when called. A channels-last example (a transposed numpy
+    # view) once gave a package that agreed with its graph on the example and on 61–97 % of the
+    # pixels of any other image.
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).contiguous()
+    c = torch.from_numpy(np.ascontiguousarray(canny, dtype=np.float32)).contiguous()
+    return x, c
+
+
+def compile_package(quantized: torch.fx.GraphModule, example: tuple[torch.Tensor, torch.Tensor], path: str | Path,
+                    metadata: dict[str, str] | None = None) -> None:
+    """Compile a :func:`quantize_model` graph ahead of time for this CPU into an AOTInductor
+    package at ``path`` (``.pt2``), for inputs of ``example``'s shape and strides (see
+    :func:`_nchw`); load it with ``torch._inductor.aoti_load_package``."""
+    with torch.no_grad():
+        program = torch.export.export(quantized, tuple(example), strict=False)
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=str(path), inductor_configs={"freezing": True, "aot_inductor.metadata": metadata or {}})
+
+
+def export_int8_pt2(
+    weights: str | Path | None = None,
+    out: str | Path = "msrfnet_int8.pt2",
+    calibration: str | Path | Sequence[str | Path] | None = None,
+    n: int = 16,
+    image_size: int | None = None,
+    echo: Callable[[str], object] | None = print,
+) -> Path:
+    """``msrf export --int8 --out X.pt2``: quantize (:func:`quantize_model`, calibrated on ``n``
+    images of ``calibration``, default the bundled sample's training images), compile ahead of time
+    for this CPU (AOTInductor, batch 1, ``image_size``², default the checkpoint's) and verify the
+    package against the quantized graph on other calibration images before it is kept.
+
+    Raises:
+        MSRFError: no torchao, unusable weights or calibration images, or a package that fails to
+            build or to verify (nothing is written then).
+    """
+    import shutil
+    import tempfile
+    import time
+
+    from .checkpoint import atomic_write, load_model
+    from .data import sample_root
+    from .predict import check_image_size, flush_denormals
+    from .quantize import calibration_files, calibration_inputs
+    from .weights_resolve import resolve_weights
+
+    _require_torchao()
+    out = Path(out)
+    if out.suffix != ".pt2":
+        raise MSRFError(f"{out}: an AOTInductor package needs the .pt2 suffix")
+    path = resolve_weights(weights, prefer_runs=False, echo=echo)
+    model, cfg, _ = load_model(path, map_location="cpu")
+    if cfg.num_classes != 1:
+        raise MSRFError(f"{path}: a {cfg.num_classes}-class model; msrf test/predict handle one-class models")
+    size = check_image_size(image_size or cfg.image_size)
+    if calibration is None:
+        calibration = sample_root() / "train" / "images"
+        if echo is not None:
+            echo("calibration: the bundled kdsb sample's training images (pass --calibration for a model trained on other images)")
+    files = calibration_files(calibration, n)
+    feeds = [_nchw(f["image"], f["canny"]) for f in calibration_inputs(files, size, cfg.canny_low, cfg.canny_high)]
+    isa = torch.backends.cpu.get_cpu_capability()
+    say = echo or (lambda _line: None)
+    start = time.perf_counter()
+    say(f"int8: calibrating on {len(files)} images at {size}×{size} …")
+    with flush_denormals():
+        quantized = quantize_model(model, feeds)
+    metadata = {
+        "format": PT2_FORMAT, "source_weights": path.name, "variant": cfg.variant, "image_size": str(size),
+        "canny_low": str(cfg.canny_low), "canny_high": str(cfg.canny_high), "threshold": str(cfg.threshold),
+        "calibration_images": str(len(files)), "cpu_capability": isa, "torch_version": torch.__version__,
+    }
+    checks = feeds[1:4] or feeds[:1]  # not only the example: the stride bug above passed on it
+    worst = {"diff": 0.0, "agree": 1.0}
+
+    def write(tmp: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="msrf-pt2-") as work, torch.no_grad(), flush_denormals():
+            package = str(Path(work) / "model.pt2")
+            say(f"int8: compiling with AOTInductor for {isa} (minutes on a small CPU) …")
+            compile_package(quantized, feeds[0], package, metadata)
+            compiled = torch._inductor.aoti_load_package(package)
+            for f in checks:
+                p, r = torch.sigmoid(compiled(*f)), torch.sigmoid(quantized(*f))
+                worst["diff"] = max(worst["diff"], float((p - r).abs().mean()))
+                worst["agree"] = min(worst["agree"], float(((p >= 0.5) == (r >= 0.5)).float().mean()))
+            if worst["diff"] > MAX_MEAN_DIFF or worst["agree"] < MIN_AGREEMENT:
+                raise MSRFError(f"{out}: the compiled package disagrees with its quantized graph on calibration images "
+                                f"(mean |Δprobability| up to {worst['diff']:.3f}, allowed {MAX_MEAN_DIFF}; masks equal on "
+                                f"{worst['agree']:.1%} of the pixels, at least {MIN_AGREEMENT:.0%} needed); not written")
+            shutil.move(package, tmp)
+
+    try:
+        atomic_write(out, write)
+    except MSRFError:
+        raise
+    except Exception as e:  # export/inductor failures: one line, the traceback with --debug
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise MSRFError(f"{out}: int8 AOTInductor compilation failed ({type(e).__name__}: {first})") from e
+    say(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - start:.0f} s; against the quantized "
+        f"graph on {len(checks)} other calibration image(s): mean |Δprobability| ≤ {worst['diff']:.4f}, masks equal on "
+        f"≥ {worst['agree']:.2%} of the pixels); run it with --pt2 {out}")
+    return out
+
+
+class Pt2Runner:
+    """The :class:`~msrfnet.predict.TorchRunner` contract (uint8 images and Canny maps in,
+    float32 B×S×S probabilities out) for an :func:`export_int8_pt2` package, one image at a time
+    (the package is compiled for batch 1)."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not path.is_file():
+            raise MSRFError(f"{path}: no such .pt2 package")
+        try:
+            self.package = torch._inductor.aoti_load_package(str(path))
+            self.metadata = dict(self.package.get_metadata())
+        except Exception as e:  # a zip that is not an AOTInductor package, a torch that cannot read it
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise MSRFError(f"{path}: not a loadable AOTInductor package ({type(e).__name__}: {first})") from e
+        if self.metadata.get("format") != PT2_FORMAT:
+            raise MSRFError(f"{path}: not an msrf export --int8 package (format {self.metadata.get('format')!r})")
+        built, here = self.metadata.get("cpu_capability", "?"), torch.backends.cpu.get_cpu_capability()
+        if _ISA_RANK.get(built, 99) > _ISA_RANK.get(here, -1):
+            raise MSRFError(f"{path}: compiled for {built} CPUs, this one is {here}; run msrf export --int8 --out X.pt2 here")
+        self.size = int(self.metadata["image_size"])
+        self.numerics = f"int8 (torchao + AOTInductor, CPU {built})"
+
+    def __call__(self, images: np.ndarray, canny: np.ndarray) -> np.ndarray:
+        from .predict import flush_denormals
+
+        if images.shape[-2:] != (self.size, self.size):
+            raise MSRFError(f"this .pt2 package takes {self.size}×{self.size} images, got {images.shape[-2]}×{images.shape[-1]}")
+        x, c = _nchw(images, canny)
+        x /= 255
+        with flush_denormals(), torch.no_grad():
+            logits = [self.package(x[i:i + 1], c[i:i + 1]) for i in range(len(x))]
+        return torch.sigmoid(torch.cat(logits)[:, 0]).numpy()

@@ -22,7 +22,8 @@ On a CPU with native bfloat16 the PyTorch model runs in bfloat16 with exact sub-
 (≈ 2× faster; ``exact`` keeps float32); see :class:`TorchRunner`.
 
 ``onnx`` runs an exported model (:mod:`msrfnet.export`) through onnxruntime alone, with the image
-size and Canny thresholds stored in its metadata (``image_size`` overrides; 256 when absent).
+size and Canny thresholds stored in its metadata (``image_size`` overrides; 256 when absent);
+``pt2`` an int8 package of ``msrf export --int8 --out X.pt2`` (:mod:`msrfnet.int8_cpu`).
 """
 
 from __future__ import annotations
@@ -304,20 +305,33 @@ def to_original_size(prob: np.ndarray, height: int, width: int) -> np.ndarray:
 # --- the command --------------------------------------------------------------------------------
 
 
-def _open_backend(weights, onnx, image_size, echo, exact=False):
-    """(runner, image size, (canny_low, canny_high)) for the PyTorch or the ONNX path."""
-    if onnx is not None:
+def _open_backend(weights, onnx, image_size, echo, exact=False, pt2=None):
+    """(runner, image size, (canny_low, canny_high)) for the PyTorch path or an exported model
+    (``onnx``: onnxruntime; ``pt2``: an int8 AOTInductor package, :mod:`msrfnet.int8_cpu`)."""
+    if onnx is not None and pt2 is not None:
+        raise MSRFError("pass either --onnx or --pt2, not both")
+    exported = onnx if onnx is not None else pt2
+    if exported is not None:
         if weights is not None:
-            raise MSRFError("pass either --weights (PyTorch) or --onnx (onnxruntime), not both")
-        runner = OnnxRunner(onnx)
+            raise MSRFError("pass either --weights (PyTorch) or an exported model (--onnx/--pt2), not both")
+        if pt2 is not None:
+            from .int8_cpu import Pt2Runner
+
+            runner = Pt2Runner(pt2)
+            if image_size not in (None, runner.size):
+                raise MSRFError(f"{pt2}: compiled for {runner.size}×{runner.size} inputs; export again for --image-size {image_size}")
+            where = f"pt2: {pt2}, {runner.numerics}"
+        else:
+            runner = OnnxRunner(onnx)
+            where = f"onnx: {onnx} (onnxruntime {', '.join(runner.session.get_providers())})"
         meta = runner.metadata
         try:
             size = image_size or int(meta.get("image_size", 256))
             canny = (float(meta.get("canny_low", 10)), float(meta.get("canny_high", 1000)))
         except ValueError as e:
-            raise MSRFError(f"{onnx}: unreadable msrfnet metadata ({e})") from e
+            raise MSRFError(f"{exported}: unreadable msrfnet metadata ({e})") from e
         if echo is not None:
-            echo(f"onnx: {onnx} (onnxruntime {', '.join(runner.session.get_providers())}), image size {size}")
+            echo(f"{where}, image size {size}")
         return runner, check_image_size(size), canny
     runner, _, cfg = load_torch_runner(weights, prefer_runs=False, echo=echo, exact=exact)
     return runner, check_image_size(image_size or cfg.image_size), (cfg.canny_low, cfg.canny_high)
@@ -336,6 +350,7 @@ def run_predict(
     image_size: int | None = None,
     echo: Callable[[str], object] | None = print,
     exact: bool = False,
+    pt2: str | Path | None = None,
 ) -> list[Path]:
     """Predict masks for ``inputs`` (see the module docstring); returns the mask paths in input order.
 
@@ -354,7 +369,7 @@ def run_predict(
     files = gather_inputs(inputs)
     suffixes = [MASK_SUFFIX] + [PROB_SUFFIX] * probabilities + [OVERLAY_SUFFIX] * overlay
     stems = output_stems(files, suffixes)
-    runner, size, (low, high) = _open_backend(weights, onnx, image_size, echo, exact)
+    runner, size, (low, high) = _open_backend(weights, onnx, image_size, echo, exact, pt2)
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
