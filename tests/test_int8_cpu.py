@@ -176,6 +176,15 @@ def test_pt2_errors_name_the_file(tmp_path, capsys):
     assert main(["test", "--pt2", str(junk), "--onnx", "x.onnx"]) == 2
 
 
+def test_a_package_for_missing_cpu_features_is_refused(monkeypatch):
+    from msrfnet.int8_cpu import _missing_isa
+
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: True)
+    assert _missing_isa("AVX512 AVX512_VNNI") == ["AVX512_VNNI"]
+    assert _missing_isa("AVX512") == [] and _missing_isa("ASIMD") == []
+
+
 def test_export_refuses_a_package_that_disagrees_with_its_graph(weights, tmp_path, monkeypatch):
     """The failure that motivated the check: a package compiled for a channels-last example reads
     contiguous inputs as if they were channels-last (AOTInductor checks no strides)."""

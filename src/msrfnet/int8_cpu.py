@@ -185,7 +185,15 @@ PT2_FORMAT = "msrfnet-int8-aoti"
 # masks equal on ≥ 99.7 % of the pixels on kdsb test images; a miscompiled package (the strides
 # below) had 61–97 % on kdsb, and 56 % with mean |Δp| 0.024 on the tests' random model
 MAX_MEAN_DIFF, MIN_AGREEMENT = 0.01, 0.9
-_ISA_RANK = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}  # x86 capabilities, each a superset of the one before
+# the instruction sets inductor compiles for (AOTI_CPU_ISA in a package's metadata, e.g. "AVX512
+# AVX512_VNNI"), and how to ask whether this CPU has them; AVX512 implies AVX2
+_ISA_CHECKS = {"AVX2": "_is_avx2_supported", "AVX512": "_is_avx512_supported", "AVX512_VNNI": "_is_vnni_supported",
+               "AMX_TILE": "_is_amx_tile_supported"}
+
+
+def _missing_isa(built: str) -> list[str]:
+    """The features of ``built`` (AOTI_CPU_ISA) this CPU lacks; unknown names are not checked."""
+    return [f for f in built.split() if f in _ISA_CHECKS and not getattr(torch.cpu, _ISA_CHECKS[f], lambda: True)()]
 
 
 def _nchw(images: np.ndarray, canny: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,7 +259,6 @@ def export_int8_pt2(
             echo("calibration: the bundled kdsb sample's training images (pass --calibration for a model trained on other images)")
     files = calibration_files(calibration, n)
     feeds = [_nchw(f["image"], f["canny"]) for f in calibration_inputs(files, size, cfg.canny_low, cfg.canny_high)]
-    isa = torch.backends.cpu.get_cpu_capability()
     say = echo or (lambda _line: None)
     start = time.perf_counter()
     say(f"int8: calibrating on {len(files)} images at {size}×{size} …")
@@ -260,7 +267,7 @@ def export_int8_pt2(
     metadata = {
         "format": PT2_FORMAT, "source_weights": path.name, "variant": cfg.variant, "image_size": str(size),
         "canny_low": str(cfg.canny_low), "canny_high": str(cfg.canny_high), "threshold": str(cfg.threshold),
-        "calibration_images": str(len(files)), "cpu_capability": isa, "torch_version": torch.__version__,
+        "calibration_images": str(len(files)), "torch_version": torch.__version__,
     }
     checks = feeds[1:4] or feeds[:1]  # not only the example: the stride bug above passed on it
     worst = {"diff": 0.0, "agree": 1.0}
@@ -268,7 +275,7 @@ def export_int8_pt2(
     def write(tmp: str) -> None:
         with tempfile.TemporaryDirectory(prefix="msrf-pt2-") as work, torch.no_grad(), flush_denormals():
             package = str(Path(work) / "model.pt2")
-            say(f"int8: compiling with AOTInductor for {isa} (minutes on a small CPU) …")
+            say("int8: compiling with AOTInductor for this CPU (minutes on a small CPU) …")
             compile_package(quantized, feeds[0], package, metadata)
             compiled = torch._inductor.aoti_load_package(package)
             for f in checks:
@@ -311,11 +318,13 @@ class Pt2Runner:
             raise MSRFError(f"{path}: not a loadable AOTInductor package ({type(e).__name__}: {first})") from e
         if self.metadata.get("format") != PT2_FORMAT:
             raise MSRFError(f"{path}: not an msrf export --int8 package (format {self.metadata.get('format')!r})")
-        built, here = self.metadata.get("cpu_capability", "?"), torch.backends.cpu.get_cpu_capability()
-        if _ISA_RANK.get(built, 99) > _ISA_RANK.get(here, -1):
-            raise MSRFError(f"{path}: compiled for {built} CPUs, this one is {here}; run msrf export --int8 --out X.pt2 here")
+        built = self.metadata.get("AOTI_CPU_ISA", "")
+        missing = _missing_isa(built)
+        if missing:  # its kernels would stop the process on an illegal instruction
+            raise MSRFError(f"{path}: compiled for CPUs with {built}; this one lacks {' '.join(missing)}. "
+                            "Run msrf export --int8 --out X.pt2 on this machine")
         self.size = int(self.metadata["image_size"])
-        self.numerics = f"int8 (torchao + AOTInductor, CPU {built})"
+        self.numerics = f"int8 (torchao + AOTInductor, {built or 'CPU'})"
 
     def __call__(self, images: np.ndarray, canny: np.ndarray) -> np.ndarray:
         from .predict import flush_denormals
