@@ -176,6 +176,18 @@ def test_pt2_errors_name_the_file(tmp_path, capsys):
     assert main(["test", "--pt2", str(junk), "--onnx", "x.onnx"]) == 2
 
 
+def test_export_cli_keeps_the_checkpoint_size_for_a_package(monkeypatch, tmp_path):
+    """A .pt2 takes one input size: without --image-size it is the checkpoint's, not ONNX's 256."""
+    import msrfnet.int8_cpu as int8_cpu
+    from msrfnet.cli import main
+
+    calls = []
+    monkeypatch.setattr(int8_cpu, "export_int8_pt2", lambda *a, **k: calls.append(k))
+    assert main(["export", "--int8", "--out", str(tmp_path / "a.pt2")]) == 0
+    assert main(["export", "--int8", "--out", str(tmp_path / "b.pt2"), "--image-size", "64"]) == 0
+    assert [k["image_size"] for k in calls] == [None, 64]
+
+
 def test_a_package_for_missing_cpu_features_is_refused(monkeypatch):
     from msrfnet.int8_cpu import _missing_isa
 

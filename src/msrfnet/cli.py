@@ -132,11 +132,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         from .quantize import export_int8
 
         export_int8(args.weights, args.out, calibration=args.calibration, n=args.calibration_count,
-                    opset=args.opset, image_size=args.image_size)
+                    opset=args.opset, image_size=args.image_size or 256)
         return 0
     from .export import export_onnx
 
-    export_onnx(args.weights, args.out, opset=args.opset, image_size=args.image_size)
+    export_onnx(args.weights, args.out, opset=args.opset, image_size=args.image_size or 256)
     return 0
 
 
@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weights", help="run folder, .safetensors or .ckpt (default: the shipped weights)")
     t.add_argument("--out", default="msrfnet.onnx")
     t.add_argument("--opset", type=int, default=17)
-    t.add_argument("--image-size", type=int, default=256, help="example input size used for tracing")
+    t.add_argument("--image-size", type=int, help="ONNX: example input size used for tracing (default 256); "
+                   ".pt2: the one input size the package takes (default: the checkpoint's)")
     t.add_argument("--int8", action="store_true",
                    help="int8 model for CPU inference: onnxruntime static quantization, or with --out X.pt2 a "
                         "torchao + AOTInductor package for this CPU (faster; see docs/PERFORMANCE.md)")
