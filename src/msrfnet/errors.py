@@ -6,3 +6,9 @@ class MSRFError(Exception):
 
     The message names the file and says what is wrong and, where it can, what to do.
     """
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its class name when it has none: what a
+    one-line :class:`MSRFError` quotes of a library's failure (the traceback stays with ``--debug``)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

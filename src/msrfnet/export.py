@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MSRFError
+from .errors import MSRFError, first_line
 
 log = logging.getLogger("msrfnet")
 
@@ -205,7 +205,7 @@ def export_onnx(
                 with flush_denormals():  # only speeds up the tracing forward on a CPU
                     fn(model, args, tmp, opset_used)
             except Exception as e:  # any exporter failure: try the other one
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                first = first_line(e)
                 errors.append(f"{name}: {type(e).__name__}: {first}")
                 log.warning("ONNX export with the %s exporter failed (%s)%s", name, first,
                             "; trying torch.export (dynamo=True)" if name == "torchscript" else "")

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import MSRFError
+from .errors import MSRFError, first_line
 
 
 def _require_torchao():
@@ -293,7 +293,7 @@ def export_int8_pt2(
     except MSRFError:
         raise
     except Exception as e:  # export/inductor failures: one line, the traceback with --debug
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise MSRFError(f"{out}: int8 AOTInductor compilation failed ({type(e).__name__}: {first})") from e
     say(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - start:.0f} s; against the quantized "
         f"graph on {len(checks)} other calibration image(s): mean |Δprobability| ≤ {worst['diff']:.4f}, masks equal on "
@@ -314,7 +314,7 @@ class Pt2Runner:
             self.package = torch._inductor.aoti_load_package(str(path))
             self.metadata = dict(self.package.get_metadata())
         except Exception as e:  # a zip that is not an AOTInductor package, a torch that cannot read it
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise MSRFError(f"{path}: not a loadable AOTInductor package ({type(e).__name__}: {first})") from e
         if self.metadata.get("format") != PT2_FORMAT:
             raise MSRFError(f"{path}: not an msrf export --int8 package (format {self.metadata.get('format')!r})")

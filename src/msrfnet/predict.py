@@ -36,7 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import MSRFError
+from .errors import MSRFError, first_line
 
 log = logging.getLogger("msrfnet")
 
@@ -180,7 +180,7 @@ class OnnxRunner:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception classes
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise MSRFError(f"{path}: not a readable ONNX model ({first})") from e
         names = sorted(i.name for i in self.session.get_inputs())
         if names != ["canny", "image"]:

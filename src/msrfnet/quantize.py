@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import MSRFError
+from .errors import MSRFError, first_line
 
 DEFAULT_COUNT = 16
 METHODS = ("minmax", "percentile", "entropy")
@@ -200,7 +200,7 @@ def _session(path: str | Path, name: str | Path):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception classes
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise MSRFError(f"{name}: not a loadable ONNX model ({first})") from e
 
 
@@ -309,7 +309,7 @@ def quantize_onnx(
     except MSRFError:
         raise
     except Exception as e:  # the quantizer's own failures
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise MSRFError(f"{src}: int8 quantization failed ({type(e).__name__}: {first})") from e
     if echo is not None:
         echo(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB; {description})")
