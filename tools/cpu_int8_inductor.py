@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from msrfnet.checkpoint import load_model
     from msrfnet.data import MSRFDataset, load_or_build_cache, resolve_data_root
-    from msrfnet.int8_cpu import compile_int8, compile_package, quantize_model
+    from msrfnet.int8_cpu import calibration_feeds, compile_int8, compile_package, quantize_model
     from msrfnet.metrics import per_image_table, summarize
     from msrfnet.predict import flush_denormals
-    from msrfnet.quantize import calibration_files, calibration_inputs
+    from msrfnet.quantize import calibration_files
     from msrfnet.speed import optimize_for_cpu_inference
     from msrfnet.weights_resolve import SHIPPED_WEIGHTS
 
@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     files = calibration_files(root, args.calibration_count)
     # contiguous NCHW, as the test images below: the AOTInductor package is specialised to its
     # example's strides (and torch.compile would compile a second time for other strides)
-    feeds = [(torch.from_numpy(f["image"]).contiguous(), torch.from_numpy(f["canny"]).contiguous())
-             for f in calibration_inputs(files, size, cfg.canny_low, cfg.canny_high)]
+    feeds = calibration_feeds(files, size, cfg.canny_low, cfg.canny_high)
     t0 = time.perf_counter()
     quantized = quantize_model(model, feeds)
     t1 = time.perf_counter()

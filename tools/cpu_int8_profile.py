@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     import msrfnet.quantize as quantize
     from msrfnet.checkpoint import load_model
     from msrfnet.data import sample_root
-    from msrfnet.int8_cpu import compile_int8, quantize_model
+    from msrfnet.int8_cpu import calibration_feeds, compile_int8, quantize_model
     from msrfnet.predict import flush_denormals
     from msrfnet.weights_resolve import SHIPPED_WEIGHTS
 
@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         quantize.use_export_subpixel = lambda model, kernel_sizes=quantize.SUBPIXEL_KERNELS, channels_last=False: swap(model, kernel_sizes)
     model, cfg, _ = load_model(SHIPPED_WEIGHTS)
     files = quantize.calibration_files(args.data or sample_root() / "train" / "images", args.calibration_count)
-    feeds = [(torch.from_numpy(f["image"]).contiguous(), torch.from_numpy(f["canny"]).contiguous())
-             for f in quantize.calibration_inputs(files, cfg.image_size, cfg.canny_low, cfg.canny_high)]
+    feeds = calibration_feeds(files, cfg.image_size, cfg.canny_low, cfg.canny_high)
     quantized = quantize_model(model, feeds)
     run = compile_int8(quantized)
     x, c = feeds[-1]

@@ -120,9 +120,9 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    if args.out.endswith(".pt2") and not args.int8:
-        raise MSRFError(f"{args.out}: a .pt2 package is the int8 CPU model; add --int8 (or write an .onnx file)")
-    if args.int8 and args.out.endswith(".pt2"):
+    if args.out.endswith(".pt2"):
+        if not args.int8:
+            raise MSRFError(f"{args.out}: a .pt2 package is the int8 CPU model; add --int8 (or write an .onnx file)")
         from .int8_cpu import export_int8_pt2
 
         export_int8_pt2(args.weights, args.out, calibration=args.calibration, n=args.calibration_count,

@@ -206,6 +206,14 @@ def _nchw(images: np.ndarray, canny: np.ndarray) -> tuple[torch.Tensor, torch.Te
     return x, c
 
 
+def calibration_feeds(files: Sequence[Path], image_size: int, canny_low: float, canny_high: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(image, canny) tensors of ``files`` for :func:`quantize_model` and an example for
+    :func:`compile_package`: pre-processed as at inference, contiguous NCHW (see :func:`_nchw`)."""
+    from .quantize import calibration_inputs
+
+    return [_nchw(f["image"], f["canny"]) for f in calibration_inputs(files, image_size, canny_low, canny_high)]
+
+
 def compile_package(quantized: torch.fx.GraphModule, example: tuple[torch.Tensor, torch.Tensor], path: str | Path,
                     metadata: dict[str, str] | None = None) -> None:
     """Compile a :func:`quantize_model` graph ahead of time for this CPU into an AOTInductor
@@ -238,27 +246,19 @@ def export_int8_pt2(
     import tempfile
     import time
 
-    from .checkpoint import atomic_write, load_model
-    from .data import sample_root
+    from .checkpoint import atomic_write
     from .predict import check_image_size, flush_denormals
-    from .quantize import calibration_files, calibration_inputs
-    from .weights_resolve import resolve_weights
+    from .quantize import calibration_files, default_calibration
+    from .weights_resolve import load_one_class_model
 
     _require_torchao()
     out = Path(out)
     if out.suffix != ".pt2":
         raise MSRFError(f"{out}: an AOTInductor package needs the .pt2 suffix")
-    path = resolve_weights(weights, prefer_runs=False, echo=echo)
-    model, cfg, _ = load_model(path, map_location="cpu")
-    if cfg.num_classes != 1:
-        raise MSRFError(f"{path}: a {cfg.num_classes}-class model; msrf test/predict handle one-class models")
+    model, path, cfg = load_one_class_model(weights, prefer_runs=False, echo=echo)
     size = check_image_size(image_size or cfg.image_size)
-    if calibration is None:
-        calibration = sample_root() / "train" / "images"
-        if echo is not None:
-            echo("calibration: the bundled kdsb sample's training images (pass --calibration for a model trained on other images)")
-    files = calibration_files(calibration, n)
-    feeds = [_nchw(f["image"], f["canny"]) for f in calibration_inputs(files, size, cfg.canny_low, cfg.canny_high)]
+    files = calibration_files(default_calibration(calibration, echo), n)
+    feeds = calibration_feeds(files, size, cfg.canny_low, cfg.canny_high)
     say = echo or (lambda _line: None)
     start = time.perf_counter()
     say(f"int8: calibrating on {len(files)} images at {size}×{size} …")

@@ -241,14 +241,10 @@ def load_torch_runner(weights: str | Path | None, *, prefer_runs: bool, echo: Ca
     on the CPU (see :class:`TorchRunner`)."""
     import torch
 
-    from .checkpoint import load_model
-    from .weights_resolve import resolve_weights
+    from .weights_resolve import load_one_class_model
 
-    path = resolve_weights(weights, prefer_runs=prefer_runs, echo=echo)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, _ = load_model(path, map_location=device)
-    if cfg.num_classes != 1:
-        raise MSRFError(f"{path}: a {cfg.num_classes}-class model; msrf test/predict handle one-class models")
+    model, path, cfg = load_one_class_model(weights, prefer_runs=prefer_runs, echo=echo, map_location=device)
     runner = TorchRunner(model, device, exact=exact)
     if echo is not None:
         echo(f"numerics: {runner.numerics}")

@@ -177,6 +177,19 @@ def calibration_files(source: str | Path | Sequence[str | Path], n: int = DEFAUL
     return files[::step][:n]
 
 
+def default_calibration(calibration: str | Path | Sequence[str | Path] | None,
+                        echo: Callable[[str], object] | None) -> str | Path | Sequence[str | Path]:
+    """``calibration``, or when None the bundled sample's training images (said via ``echo``)."""
+    from .data import sample_root
+
+    if calibration is not None:
+        return calibration
+    if echo is not None:
+        echo("calibration: the bundled kdsb sample's training images (pass --calibration for a model "
+             "trained on other images)")
+    return sample_root() / "train" / "images"
+
+
 def calibration_inputs(files: Sequence[Path], image_size: int, canny_low: float, canny_high: float) -> list[dict[str, np.ndarray]]:
     """One feed per image, pre-processed exactly as ``OnnxRunner`` feeds the model."""
     from .data import read_image
@@ -328,14 +341,9 @@ def export_int8(
 ) -> Path:
     """``msrf export --int8``: a verified float32 export with sub-pixel upsampling (to a temporary
     file), quantized to ``out``. ``calibration`` defaults to the package's sample training images."""
-    from .data import sample_root
     from .export import export_onnx
 
-    if calibration is None:
-        calibration = sample_root() / "train" / "images"
-        if echo is not None:
-            echo("calibration: the bundled kdsb sample's training images (pass --calibration for a model "
-                 "trained on other images)")
+    calibration = default_calibration(calibration, echo)
     with tempfile.TemporaryDirectory(prefix="msrf-export-") as work:
         def inner(line: str) -> None:  # the float32 file is temporary: do not name it as a result
             if echo is not None:

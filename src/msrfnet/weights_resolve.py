@@ -91,6 +91,19 @@ def resolve_weights(
     return path
 
 
+def load_one_class_model(weights: str | Path | None, *, prefer_runs: bool, echo: Callable[[str], object] | None,
+                         map_location="cpu"):
+    """:func:`resolve_weights`, then load them: (model, checkpoint path, Config), for the commands
+    that threshold one mask (test, predict, the int8 package)."""
+    from .checkpoint import load_model
+
+    path = resolve_weights(weights, prefer_runs=prefer_runs, echo=echo)
+    model, cfg, _ = load_model(path, map_location=map_location)
+    if cfg.num_classes != 1:
+        raise MSRFError(f"{path}: a {cfg.num_classes}-class model; msrf test/predict handle one-class models")
+    return model, path, cfg
+
+
 def run_dir_of(checkpoint: str | Path) -> Path | None:
     """The run directory a checkpoint file belongs to (``run/best.safetensors`` or
     ``run/checkpoints/x.ckpt``: the folder holding ``config.yaml``), else None."""
