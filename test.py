@@ -1,5 +1,5 @@
-"""Seed compatibility: ``python test.py [options]`` = ``msrf test [options]`` (default data: data/kdsb,
-default weights: the newest run in ./runs)."""
+"""Seed compatibility: ``python test.py [options]`` = ``msrf test [options]``
+(default data: data/kdsb, default weights: the newest run in ./runs)."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""Seed compatibility: ``python train.py [options]`` = ``msrf train [options]`` (default data: data/kdsb)."""
+"""Seed compatibility: ``python train.py [options]`` = ``msrf train [options]``
+(default data: data/kdsb)."""
 
 import sys
 

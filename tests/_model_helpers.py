@@ -1,4 +1,4 @@
-"""Small checkpoints for the test/predict/export tests (import as ``from _model_helpers import ...``)."""
+"""Small checkpoints for the test/predict/export tests (``from _model_helpers import ...``)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from msrfnet.checkpoint import save_weights
+from msrfnet.accel.cpu import flush_denormals
 from msrfnet.config import Config
 from msrfnet.data import canny_map, read_image, resize_image, sample_root
 from msrfnet.model import MSRFNet
-from msrfnet.predict import flush_denormals
+from msrfnet.weights.checkpoint import save_weights
 
 
 def make_weights(path: Path, image_size: int = 32, seed: int = 0) -> Path:
@@ -42,7 +42,7 @@ def write_image(path: Path, array: np.ndarray) -> Path:
 
 
 def mixed_folder(folder: Path, seed: int = 0) -> dict[str, tuple[int, int]]:
-    """Images in several formats, modes and sizes (none a multiple of 8 on both sides): stem → (H, W)."""
+    """Images in several formats, modes, sizes (none a multiple of 8 both ways): stem → (H, W)."""
     rng = np.random.default_rng(seed)
     base = read_image(next(iter(sorted((sample_root() / "test" / "images").glob("*.png")))))
 
@@ -63,3 +63,18 @@ def mixed_folder(folder: Path, seed: int = 0) -> dict[str, tuple[int, int]]:
         write_image(folder / f"{stem}.{ext}", array)
         sizes[stem] = array.shape[:2]
     return sizes
+
+
+def use_runner(monkeypatch, runner, image_size: int, canny=(10, 1000), calls=None) -> None:
+    """Make every :class:`~msrfnet.inference.segmenter.Segmenter` the commands open (``msrf
+    predict``, ``msrf test``) run ``runner`` at ``image_size`` instead of loading a model;
+    ``calls`` (a list) gets one item per opening."""
+    import msrfnet.inference.runners as runners
+
+    def open_runner(*args, **kwargs):
+        if calls is not None:
+            calls.append(kwargs)
+        cfg = Config(image_size=image_size, canny_low=canny[0], canny_high=canny[1])
+        return runner, Path("stand-in.safetensors"), cfg
+
+    monkeypatch.setattr(runners, "open_runner", open_runner)

@@ -37,7 +37,9 @@ def require_fixture(relpath: str = KERAS_REFERENCE) -> Path:
     path = shared_dir() / relpath
     if path.exists():
         return path
-    reason = f"fixture {relpath} not found under {shared_dir()} (set MSRF_SHARED to the shared folder)"
+    reason = (
+        f"fixture {relpath} not found under {shared_dir()} (set MSRF_SHARED to the shared folder)"
+    )
     if in_ci():
         pytest.fail(f"{reason}; CI is set, so the fixture must be present", pytrace=False)
     pytest.skip(reason)

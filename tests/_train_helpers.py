@@ -21,6 +21,24 @@ def real_subset(root: Path, counts: dict[str, int] | None = None) -> Path:
     return root
 
 
-def train_args(data: Path, out: Path, name: str, *extra: str, epochs: int = 2, size: int = 32) -> list[str]:
-    return ["train", "--data", str(data), "--out", str(out), "--name", name, "--epochs", str(epochs),
-            "--image-size", str(size), "--batch-size", "2", "--workers", "0", *extra]
+def train_args(
+    data: Path, out: Path, name: str, *extra: str, epochs: int = 2, size: int = 32
+) -> list[str]:
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--name",
+        name,
+        "--epochs",
+        str(epochs),
+        "--image-size",
+        str(size),
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        *extra,
+    ]

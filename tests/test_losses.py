@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _shared import require_fixture
+
 from msrfnet.losses import LOSS_TERMS, ORIGINAL_WEIGHTS, MSRFLoss, bce_clipped, soft_dice_loss
 from msrfnet.model.outputs import MSRFOutput
 
@@ -174,8 +174,12 @@ def test_float32_under_bf16_autocast():
 def test_weights_change_the_total():
     out, mask, edge = random_case()
     base, terms = MSRFLoss()(out, mask, edge)
-    custom, _ = MSRFLoss(final_weight=1.0, edge_weight=0.0, aux2_weight=0.5, aux4_weight=0.25)(out, mask, edge)
-    assert custom.item() == pytest.approx((terms["x"] + 0.5 * terms["pred2"] + 0.25 * terms["pred4"]).item(), rel=1e-6)
+    custom, _ = MSRFLoss(final_weight=1.0, edge_weight=0.0, aux2_weight=0.5, aux4_weight=0.25)(
+        out, mask, edge
+    )
+    assert custom.item() == pytest.approx(
+        (terms["x"] + 0.5 * terms["pred2"] + 0.25 * terms["pred4"]).item(), rel=1e-6
+    )
     assert custom.item() != pytest.approx(base.item())
 
 
@@ -183,8 +187,12 @@ def test_final_term_uses_logits_path():
     # x must equal BCE-with-logits + Dice(sigmoid), not the clipped probability BCE
     out, mask, edge = random_case(scale=30.0)
     _, terms = MSRFLoss()(out, mask, edge)
-    expected = F.binary_cross_entropy_with_logits(out.final, mask) + soft_dice_loss(torch.sigmoid(out.final), mask)
-    clipped = bce_clipped(torch.sigmoid(out.final), mask) + soft_dice_loss(torch.sigmoid(out.final), mask)
+    expected = F.binary_cross_entropy_with_logits(out.final, mask) + soft_dice_loss(
+        torch.sigmoid(out.final), mask
+    )
+    clipped = bce_clipped(torch.sigmoid(out.final), mask) + soft_dice_loss(
+        torch.sigmoid(out.final), mask
+    )
     assert terms["x"].item() == pytest.approx(expected.item(), rel=1e-6)
     assert terms["x"].item() != pytest.approx(clipped.item(), rel=1e-3)
 

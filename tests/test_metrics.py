@@ -188,7 +188,9 @@ def _brute_hd95(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.percentile(np.concatenate([d.min(1), d.min(0)]), 95))
 
 
-small_masks = hnp.arrays(np.bool_, st.tuples(st.integers(1, 4), st.integers(1, 12), st.integers(1, 12)))
+small_masks = hnp.arrays(
+    np.bool_, st.tuples(st.integers(1, 4), st.integers(1, 12), st.integers(1, 12))
+)
 mask_pairs = small_masks.flatmap(lambda a: st.tuples(st.just(a), hnp.arrays(np.bool_, a.shape)))
 
 
@@ -261,7 +263,16 @@ def test_counts_partition_the_pixels(pair):
 @given(mask_pairs)
 def test_summary_values_in_range(pair):
     s = summarize(per_image_table(*pair, with_hd95=False))
-    for k in ("dsc", "iou", "precision", "recall", "f2", "accuracy", "iou_global", "miou_two_class"):
+    for k in (
+        "dsc",
+        "iou",
+        "precision",
+        "recall",
+        "f2",
+        "accuracy",
+        "iou_global",
+        "miou_two_class",
+    ):
         assert 0.0 <= s[k] <= 1.0, k
 
 

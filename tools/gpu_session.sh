@@ -90,7 +90,8 @@ for run in sys.argv[2].split():
         if best is None or dsc > best[1]:
             best = (run, dsc)
 if best:
-    from msrfnet.checkpoint import load_model, save_weights
+    from msrfnet.model.loading import load_model
+    from msrfnet.weights.checkpoint import save_weights
     model, config, info = load_model(out / "runs" / best[0] / "best.safetensors")
     save_weights(out / "shipped.safetensors", model, config, info.get("metrics"), half=True)
     (out / "res" / "shipped_from.txt").write_text(best[0] + "\n")

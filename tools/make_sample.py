@@ -56,7 +56,9 @@ def _even_picks(items: list[Path], k: int) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=Path("/work/shared/data/kdsb"))
-    parser.add_argument("--dst", type=Path, default=Path(__file__).resolve().parents[1] / "src/msrfnet/sample")
+    parser.add_argument(
+        "--dst", type=Path, default=Path(__file__).resolve().parents[1] / "src/msrfnet/sample"
+    )
     args = parser.parse_args()
     rows: list[str] = []
     counts: list[int] = []
@@ -64,7 +66,9 @@ def main() -> None:
         grey, colour = [], []
         for path in list_image_files(args.src / split / "images"):
             rgb = read_image(path)
-            same = np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])
+            same = np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(
+                rgb[..., 1], rgb[..., 2]
+            )
             (grey if same else colour).append(path)
         chosen = [(p, "grey") for p in _even_picks(grey, n_grey)]
         chosen += [(p, "colour") for p in _even_picks(colour, n_colour)]
@@ -75,7 +79,9 @@ def main() -> None:
                 old.unlink()
         for path, kind in sorted(chosen):
             rgb = read_image(path)
-            mask_path = next(p for p in list_image_files(args.src / split / "masks") if p.stem == path.stem)
+            mask_path = next(
+                p for p in list_image_files(args.src / split / "masks") if p.stem == path.stem
+            )
             grey_mask = resize_mask(foreground_to_grey(read_mask(mask_path)), SIZE)
             image_out = args.dst / split / "images" / f"{path.stem}.png"
             Image.fromarray(resize_image(rgb, SIZE)).save(image_out, optimize=True)
@@ -84,7 +90,9 @@ def main() -> None:
             )
             rows.append(f"- `{path.stem}` ({split}, {kind}, {rgb.shape[0]}x{rgb.shape[1]})")
         counts.append(len(chosen))
-    text = README.format(total=sum(counts), counts="/".join(map(str, counts)), listing="\n".join(rows))
+    text = README.format(
+        total=sum(counts), counts="/".join(map(str, counts)), listing="\n".join(rows)
+    )
     (args.dst / "README.md").write_text(text)
 
 

@@ -21,5 +21,7 @@ for p in sorted(src.rglob("*.png")):
         grey = (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()
         Image.fromarray(a[..., 0] if grey else a).save(q, optimize=True)
     else:
-        Image.fromarray(np.asarray(Image.open(p).convert("L")) > 0).convert("1").save(q, optimize=True)
+        Image.fromarray(np.asarray(Image.open(p).convert("L")) > 0).convert("1").save(
+            q, optimize=True
+        )
 print(f"{sum(f.stat().st_size for f in dst.rglob('*.png')) / 2**20:.1f} MiB in {dst}")

@@ -7,24 +7,37 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from msrfnet.errors import MSRFError  # noqa: E402
+from msrfnet.version import __version__  # noqa: E402
 
-from .errors import MSRFError  # noqa: E402
-
-__all__ = ["MSRFNet", "MSRFOutput", "MSRFError", "Config", "from_keras", "predict_proba", "__version__"]
+__all__ = [
+    "MSRFNet",
+    "MSRFOutput",
+    "MSRFError",
+    "Config",
+    "from_keras",
+    "predict_proba",
+    "Segmenter",
+    "Segmentation",
+    "canny",
+    "__version__",
+]
 
 _LAZY = {
     "MSRFNet": "msrfnet.model",
     "MSRFOutput": "msrfnet.model",
     "predict_proba": "msrfnet.model",
-    "from_keras": "msrfnet.keras_import",
+    "from_keras": "msrfnet.model.keras",
     "Config": "msrfnet.config",
+    "Segmenter": "msrfnet.inference.segmenter",
+    "Segmentation": "msrfnet.inference.segmenter",
+    "canny": "msrfnet.model.canny",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import Config
-    from .keras_import import from_keras
-    from .model import MSRFNet, MSRFOutput, predict_proba
+    from msrfnet.config import Config
+    from msrfnet.model import MSRFNet, MSRFOutput, predict_proba
+    from msrfnet.model.keras import from_keras
 
 
 def __getattr__(name: str) -> Any:

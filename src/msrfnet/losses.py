@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model.layers import legacy_bilinear_upsample
-from .model.outputs import MSRFOutput
+from msrfnet.model.layers import legacy_bilinear_upsample
+from msrfnet.model.outputs import MSRFOutput
 
 __all__ = [
     "KERAS_EPSILON",
@@ -75,7 +75,9 @@ def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0
             f"got {tuple(prob.shape)} and {tuple(target.shape)}"
         )
     if prob.ndim < 3:
-        raise ValueError(f"soft_dice_loss: expected B×K×H×W (at least 3 axes), got shape {tuple(prob.shape)}")
+        raise ValueError(
+            f"soft_dice_loss: expected B×K×H×W (at least 3 axes), got shape {tuple(prob.shape)}"
+        )
     dims = (0, *range(2, prob.ndim))
     intersection = (prob * target).sum(dims)
     denominator = prob.sum(dims) + target.sum(dims)
@@ -92,7 +94,8 @@ def bce_clipped(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """
     if prob.shape != target.shape:
         raise ValueError(
-            f"bce_clipped: prob and target must have the same shape, got {tuple(prob.shape)} and {tuple(target.shape)}"
+            f"bce_clipped: prob and target must have the same shape, got {tuple(prob.shape)} and "
+            f"{tuple(target.shape)}"
         )
     eps = KERAS_EPSILON
     p = prob.clamp(eps, 1.0 - eps)
@@ -109,7 +112,7 @@ def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 class MSRFLoss(nn.Module):
-    """The original deep-supervised loss ``2·L_seg(x) + BCE(edge_out) + L_seg(pred2) + L_seg(pred4)``.
+    """The original deep-supervised loss, ``2·L_seg(x) + BCE(edge) + L_seg(pred2) + L_seg(pred4)``.
 
     Args:
         final_weight: weight of the final mask ``x`` (original: 2).
@@ -180,19 +183,20 @@ class MSRFLoss(nn.Module):
         b, k, h, w = out.final.shape
         if tuple(mask.shape) != (b, k, h, w):
             raise ValueError(
-                f"MSRFLoss: mask must match the final output's shape {(b, k, h, w)}, got {tuple(mask.shape)}"
+                f"MSRFLoss: mask must match the final output's shape {(b, k, h, w)}, got "
+                f"{tuple(mask.shape)}"
             )
         if tuple(edge.shape) != tuple(out.edge.shape) or edge.shape[-2:] != mask.shape[-2:]:
             raise ValueError(
-                f"MSRFLoss: edge target must be B×1×H×W like the edge output {tuple(out.edge.shape)}, "
-                f"got {tuple(edge.shape)}"
+                "MSRFLoss: edge target must be B×1×H×W like the edge output "
+                f"{tuple(out.edge.shape)}, got {tuple(edge.shape)}"
             )
         for name, aux in (("pred2", out.aux2), ("pred4", out.aux4)):
             f = _AUX_FACTORS[name]
             if tuple(aux.shape) != (b, k, h // f, w // f) or h % f or w % f:
                 raise ValueError(
-                    f"MSRFLoss: {name} logits must be {(b, k, h // f, w // f)} (1/{f} of the mask {(h, w)}), "
-                    f"got {tuple(aux.shape)}"
+                    f"MSRFLoss: {name} logits must be {(b, k, h // f, w // f)} (1/{f} of the mask "
+                    f"{(h, w)}), got {tuple(aux.shape)}"
                 )
 
     def extra_repr(self) -> str:

@@ -19,23 +19,25 @@ Two steps, as in segmentation_models_pytorch's ``metrics/functional.py``:
 :func:`per_image_table` computes one row per image; :func:`summarize` reduces rows to this flat
 dict (every value a float, counts an int):
 
-=======================  ======================  ========================================================
+=======================  ======================  ===================================================
 key                      protocol                definition / origin
-=======================  ======================  ========================================================
-``dsc``                  per-image mean          2TP/(2TP+FP+FN); the paper's headline DSC, the original's
-                                                 model-selection score and ``test.py`` DSC (§2.4, §3.1)
+=======================  ======================  ===================================================
+``dsc``                  per-image mean          2TP/(2TP+FP+FN); the paper's headline DSC, the
+                                                 original's model-selection score and ``test.py``
+                                                 DSC (§2.4, §3.1)
 ``iou``                  per-image mean          TP/(TP+FP+FN)
 ``precision``            per-image mean          TP/(TP+FP)
 ``recall``               per-image mean          TP/(TP+FN)
 ``f2``                   per-image mean          5TP/(5TP+4FN+FP), F-beta with β = 2
 ``accuracy``             per-image mean          (TP+TN)/(H·W)
-``hd95``                 per-image mean          95th percentile of symmetric boundary distances, pixels;
-                                                 mean over the images where it is defined
-``hd95_undefined``       count (int)             images where exactly one of prediction/truth is empty
+``hd95``                 per-image mean          95th percentile of symmetric boundary distances,
+                                                 pixels; mean over the images where it is defined
+``hd95_undefined``       count (int)             images where exactly one of prediction/truth is
+                                                 empty
 ``dsc_global``           pooled over all pixels  2TP/(2TP+FP+FN) from the summed counts
 ``iou_global``           pooled over all pixels  TP/(TP+FP+FN): the current ``test.py`` "IoU" (§3.1)
-``miou``                 pooled over all pixels  the same number as ``iou_global``, under the name the
-                                                 paper prints (foreground only, despite the "m")
+``miou``                 pooled over all pixels  the same number as ``iou_global``, under the name
+                                                 the paper prints (foreground only, despite the "m")
 ``precision_global``     pooled over all pixels  TP/(TP+FP), as ``test.py``
 ``recall_global``        pooled over all pixels  TP/(TP+FN), as ``test.py``
 ``miou_two_class``       pooled, 2-class mean    ½[TP/(TP+FP+FN) + TN/(TN+FN+FP)]: the older code's
@@ -43,7 +45,7 @@ key                      protocol                definition / origin
 ``precision_two_class``  pooled, 2-class mean    ½[TP/(TP+FP) + TN/(TN+FN)], older code
 ``recall_two_class``     pooled, 2-class mean    ½[TP/(TP+FN) + TN/(TN+FP)], older code
 ``n_images``             count (int)             number of images
-=======================  ======================  ========================================================
+=======================  ======================  ===================================================
 
 Empty-mask policy (one rule for every ratio, in the spirit of MONAI's stated policies):
 
@@ -121,12 +123,16 @@ _BINARIZE_HINT = "; threshold probabilities with binarize(prob) first"
 def _as_binary(x: Array, name: str) -> Array:
     if isinstance(x, torch.Tensor):
         if x.dtype.is_floating_point or x.dtype.is_complex:
-            raise TypeError(f"{name}: expected a bool or integer mask, got {x.dtype}{_BINARIZE_HINT}")
+            raise TypeError(
+                f"{name}: expected a bool or integer mask, got {x.dtype}{_BINARIZE_HINT}"
+            )
         x = x if x.dtype == torch.bool else x != 0
     else:
         x = np.asarray(x)
         if x.dtype != np.bool_ and not np.issubdtype(x.dtype, np.integer):
-            raise TypeError(f"{name}: expected a bool or integer mask, got {x.dtype}{_BINARIZE_HINT}")
+            raise TypeError(
+                f"{name}: expected a bool or integer mask, got {x.dtype}{_BINARIZE_HINT}"
+            )
         x = x if x.dtype == np.bool_ else x != 0
     if x.ndim == 4 and x.shape[1] == 1:
         x = x[:, 0]
@@ -152,7 +158,8 @@ def confusion_counts(pred: Array, target: Array) -> ConfusionCounts:
     p, t = _as_binary(pred, "pred"), _as_binary(target, "target")
     if p.shape != t.shape:
         raise ValueError(
-            f"confusion_counts: pred {tuple(p.shape)} and target {tuple(t.shape)} must have the same shape"
+            f"confusion_counts: pred {tuple(p.shape)} and target {tuple(t.shape)} "
+            "must have the same shape"
         )
     n_pixels = p.shape[1] * p.shape[2]
     if isinstance(p, torch.Tensor):
@@ -193,7 +200,7 @@ def precision(c: ConfusionCounts, empty_score: float = 1.0) -> Array:
 
 
 def recall(c: ConfusionCounts, empty_score: float = 1.0) -> Array:
-    """TP/(TP+FN) (sensitivity); an empty truth scores ``empty_score`` for an empty prediction, else 0."""
+    """TP/(TP+FN) (sensitivity); empty truth: ``empty_score`` for an empty prediction, else 0."""
     return _ratio(c.tp, c.tp + c.fn, c, empty_score)
 
 
@@ -222,7 +229,9 @@ def two_class_mean(c: ConfusionCounts, empty_score: float = 1.0) -> dict[str, Ar
     }
 
 
-def per_image_dice_torch(pred: torch.Tensor, target: torch.Tensor, empty_score: float = 1.0) -> torch.Tensor:
+def per_image_dice_torch(
+    pred: torch.Tensor, target: torch.Tensor, empty_score: float = 1.0
+) -> torch.Tensor:
     """Per-image DSC as a float tensor (N,) on the input's device, for validation during
     training: the original's model-selection score is its mean (§2.4). No host sync."""
     return dice(confusion_counts(pred, target), empty_score)
@@ -324,7 +333,9 @@ def summarize(
     """
     rows = list(per_image_rows)
     if global_counts is None:
-        global_counts = ConfusionCounts(*(np.int64(sum(int(r[k]) for r in rows)) for k in ConfusionCounts._fields))
+        global_counts = ConfusionCounts(
+            *(np.int64(sum(int(r[k]) for r in rows)) for k in ConfusionCounts._fields)
+        )
     g = ConfusionCounts(*(np.int64(_to_numpy(x)) for x in global_counts))
     out: dict[str, float | int] = {"n_images": len(rows)}
     for key in _PER_IMAGE:

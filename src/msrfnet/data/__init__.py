@@ -2,7 +2,8 @@
 augmentation and the Lightning DataModule.
 
 Flow: files → :func:`read_image` / :func:`read_mask` → :func:`preprocess_pair` → cache
-(:func:`load_or_build_cache`) → :class:`MSRFDataset` (Canny maps per sample) → :class:`MSRFDataModule`.
+(:func:`load_or_build_cache`) → :class:`MSRFDataset` (Canny maps per sample) →
+:class:`MSRFDataModule`.
 
 Names are imported on first use so ``msrf check-data`` does not pay for torch and Lightning.
 """
@@ -35,6 +36,8 @@ _LAZY = {
     "load_or_build_cache": "cache",
     "PresetAugment": "augment",
     "MSRFDataset": "dataset",
+    "NativeDataset": "native",
+    "rescale": "resample",
     "SampleSource": "dataset",
     "MSRFDataModule": "datamodule",
     "resolve_data_root": "root",
@@ -44,16 +47,32 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .augment import PresetAugment
-    from .cache import SplitCache, load_or_build_cache
-    from .check import CheckReport, check_data
-    from .datamodule import MSRFDataModule
-    from .dataset import MSRFDataset, SampleSource
-    from .io import IMAGE_EXTENSIONS, Pair, binarise_mask, label_map_reason, pair_files, read_image, read_mask
-    from .layout import SPLITS, split_dir, split_pairs
-    from .preprocess import binarise_grey, canny_map, preprocess_pair, resize_image, resize_mask
-    from .root import resolve_data_root, sample_root
-    from .split import split_dataset
+    from msrfnet.data.augment import PresetAugment
+    from msrfnet.data.cache import SplitCache, load_or_build_cache
+    from msrfnet.data.check import CheckReport, check_data
+    from msrfnet.data.datamodule import MSRFDataModule
+    from msrfnet.data.dataset import MSRFDataset, SampleSource
+    from msrfnet.data.io import (
+        IMAGE_EXTENSIONS,
+        Pair,
+        binarise_mask,
+        label_map_reason,
+        pair_files,
+        read_image,
+        read_mask,
+    )
+    from msrfnet.data.layout import SPLITS, split_dir, split_pairs
+    from msrfnet.data.native import NativeDataset
+    from msrfnet.data.preprocess import (
+        binarise_grey,
+        canny_map,
+        preprocess_pair,
+        resize_image,
+        resize_mask,
+    )
+    from msrfnet.data.resample import rescale
+    from msrfnet.data.root import resolve_data_root, sample_root
+    from msrfnet.data.split import split_dataset
 
 
 def __getattr__(name: str) -> Any:

@@ -23,11 +23,12 @@ can still train and evaluate.
 from __future__ import annotations
 
 import os
-
 from collections.abc import Callable
 
 import cv2
 import numpy as np
+
+__all__ = ["Augment", "PresetAugment"]
 
 Augment = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -45,9 +46,11 @@ class PresetAugment:
         try:
             import albumentations as A
         except ImportError as err:  # pragma: no cover - depends on the environment
-            from ..errors import MSRFError
+            from msrfnet.errors import MSRFError
 
-            raise MSRFError(f"augmentation needs albumentations (pip install albumentations): {err}") from None
+            raise MSRFError(
+                f"augmentation needs albumentations (pip install albumentations): {err}"
+            ) from None
         self.transform = A.Compose(
             [
                 A.HorizontalFlip(p=0.5),

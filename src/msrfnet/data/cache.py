@@ -1,11 +1,12 @@
 """A cache of pre-processed uint8 arrays per (split, image size), so epochs never decode files.
 
-Layout: ``<cache root>/<split>-s<size>-<key>/`` holding ``images.npy`` (N×S×S×3 uint8), ``masks.npy``
-(N×S×S uint8, the resized anti-aliased grey masks) and ``meta.json`` (stems, relative paths,
-original sizes). The arrays are opened as read-only memory maps.
+Layout: ``<cache root>/<split>-s<size>-<key>/`` holding ``images.npy`` (N×S×S×3 uint8),
+``masks.npy`` (N×S×S uint8, the resized anti-aliased grey masks) and ``meta.json`` (stems, relative
+paths, original sizes). The arrays are opened as read-only memory maps.
 
-The key hashes the cache format version, the split, the size, the mask rule (``mask_threshold``)
-and every pair's relative paths, byte sizes and mtimes, so editing, touching, adding or removing a
+The key hashes the cache format version, the split, the size, the mask rule (``mask_threshold``),
+the image normalisation (``normalize``, :func:`msrfnet.data.io.to_uint8`) and every pair's
+relative paths, byte sizes and mtimes, so editing, touching, adding or removing a
 file builds a new entry (and the stale one of that split and size is deleted).
 
 Cache root: ``cache_dir`` if given, else ``<data>/.msrf_cache``; when the dataset folder is
@@ -13,7 +14,10 @@ read-only (a shared data set; a folder without write bits counts as read-only ev
 for the bundled sample it is ``$XDG_CACHE_HOME/msrfnet`` (``~/.cache/msrfnet``).
 Outside ``<data>/.msrf_cache`` entries go in a per-dataset subfolder ``<name>-<hash of its path>``.
 An entry is built in a temporary folder and renamed into place, so a crash or a second process
-never sees a half-written cache.
+never sees a half-written cache. The arrays are written with ordinary writes after a check of the
+free space (a memory-mapped write would die with SIGBUS on a full disk); a failed build removes its
+temporary folder and names the folder and the cause. An entry that fails to load (a truncated
+array, a garbled ``meta.json``) is logged, deleted and rebuilt.
 """
 
 from __future__ import annotations
@@ -32,11 +36,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MSRFError
-from .io import Pair, display_name, read_image, read_mask
-from .layout import split_pairs
-from .preprocess import preprocess_pair
-from .root import sample_root
+from msrfnet.data.io import Pair, display_name, read_image, read_mask
+from msrfnet.data.layout import split_pairs
+from msrfnet.data.preprocess import preprocess_pair
+from msrfnet.data.root import sample_root
+from msrfnet.errors import MSRFError, first_line
+
+__all__ = [
+    "CACHE_VERSION",
+    "CACHE_FOLDER",
+    "SplitCache",
+    "cache_roots",
+    "cache_key",
+    "CorruptEntry",
+    "load_or_build_cache",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,20 +105,32 @@ def _writable(folder: Path) -> bool:
 
 
 def cache_roots(root: str | Path, cache_dir: str | Path | None = None) -> list[Path]:
-    """Where caches of dataset ``root`` are looked up, in order (the first writable one gets new ones)."""
+    """Where caches of dataset ``root`` are looked up, in order (new ones: the first writable)."""
     root = Path(root)
     if cache_dir is not None:
         return [Path(cache_dir) / _dataset_folder_name(root)]
     user = _user_cache_root() / _dataset_folder_name(root)
-    if root.resolve() == sample_root():  # never write into the installed package (or the git checkout)
+    if (
+        root.resolve() == sample_root()
+    ):  # never write into the installed package (or the git checkout)
         return [user]
     return [root / CACHE_FOLDER, user]
 
 
-def cache_key(root: Path, split: str, size: int, pairs: list[Pair], mask_threshold: float | None) -> str:
+def cache_key(
+    root: Path,
+    split: str,
+    size: int,
+    pairs: list[Pair],
+    mask_threshold: float | None,
+    normalize: str = "minmax",
+) -> str:
     """Hash of everything the cached arrays depend on (see the module docstring)."""
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_VERSION, split, size, mask_threshold, "lanczos"]).encode())
+    rules = [CACHE_VERSION, split, size, mask_threshold, "lanczos"]
+    if normalize != "minmax":  # the keys of existing minmax caches stay as they were
+        rules.append(normalize)
+    h.update(json.dumps(rules).encode())
     for pair in pairs:
         for path in (pair.image, pair.mask):
             st = path.stat()
@@ -117,19 +143,48 @@ def _entry_name(split: str, size: int, key: str) -> str:
 
 
 def _load(path: Path, root: Path) -> SplitCache:
-    meta = json.loads((path / "meta.json").read_text())
-    return SplitCache(
-        path=path,
-        root=root,
-        split=meta["split"],
-        size=meta["size"],
-        images=np.load(path / "images.npy", mmap_mode="r"),
-        masks=np.load(path / "masks.npy", mmap_mode="r"),
-        stems=meta["stems"],
-        image_files=meta["image_files"],
-        mask_files=meta["mask_files"],
-        original_sizes=[tuple(s) for s in meta["original_sizes"]],
-    )
+    """Open an entry; :class:`CorruptEntry` when any part is unreadable or disagrees with the rest
+    (a truncated array, a garbled ``meta.json``)."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        cache = SplitCache(
+            path=path,
+            root=root,
+            split=meta["split"],
+            size=int(meta["size"]),
+            images=np.load(path / "images.npy", mmap_mode="r"),
+            masks=np.load(path / "masks.npy", mmap_mode="r"),
+            stems=list(meta["stems"]),
+            image_files=list(meta["image_files"]),
+            mask_files=list(meta["mask_files"]),
+            original_sizes=[(int(h), int(w)) for h, w in meta["original_sizes"]],
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CorruptEntry(f"{path}: {first_line(e)}") from e
+    n, s = len(cache.stems), cache.size
+    if (cache.images.shape, cache.masks.shape) != ((n, s, s, 3), (n, s, s)) or not (
+        len(cache.image_files) == len(cache.mask_files) == len(cache.original_sizes) == n
+    ):
+        shapes = f"{cache.images.shape}, {cache.masks.shape}"
+        raise CorruptEntry(f"{path}: arrays {shapes} do not match {n} images at {s} px")
+    return cache
+
+
+class CorruptEntry(Exception):
+    """A cache entry that cannot be used; it is deleted and rebuilt."""
+
+
+def _load_valid(folder: Path, name: str, root: Path) -> SplitCache | None:
+    """The entry ``folder/name`` if complete and readable; a corrupt one is noted and removed."""
+    entry = folder / name
+    if not (entry / "meta.json").is_file():
+        return None
+    try:
+        return _load(entry, root)
+    except CorruptEntry as e:
+        log.warning("cache entry unreadable, rebuilding it (%s)", e)
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
 
 
 def _remove_stale(folder: Path, split: str, size: int, keep: str) -> None:
@@ -142,6 +197,26 @@ def _remove_stale(folder: Path, split: str, size: int, keep: str) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def _check_free_space(folder: Path, n: int, size: int) -> None:
+    """Refuse, in one line, a build that cannot fit in the free space of ``folder``."""
+    need = n * size * size * 4 + (1 << 20)  # images (3 bytes a pixel) + masks (1) + meta.json
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise MSRFError(
+            f"{folder}: not enough free space for the cache ({need / 2**20:.0f} MiB "
+            f"needed, {free / 2**20:.0f} MiB free); free space or pass --cache-dir"
+        )
+
+
+def _npy_writer(path: Path, shape: tuple[int, ...]):
+    """Open ``path`` as a uint8 ``.npy`` file of ``shape`` whose rows are then appended in order,
+    with ordinary writes (a full disk is an ``OSError``, where a memory map dies with SIGBUS)."""
+    f = open(path, "wb")
+    header = {"descr": "|u1", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(f, header)
+    return f
+
+
 def _build(
     target: Path,
     root: Path,
@@ -150,38 +225,45 @@ def _build(
     pairs: list[Pair],
     mask_threshold: float | None,
     threads: int,
+    normalize: str = "minmax",
 ) -> None:
     tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
         n = len(pairs)
-        # open_memmap writes straight to disk: a large split never has to fit in memory twice.
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-        masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
-        original: list[tuple[int, int]] = [(0, 0)] * n
+        original: list[tuple[int, int]] = []
 
-        def work(i: int) -> None:
+        def work(i: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
             pair = pairs[i]
-            image = read_image(pair.image, name=display_name(pair.image, root))
-            fg = read_mask(pair.mask, mask_threshold=mask_threshold, name=display_name(pair.mask, root))
+            image = read_image(pair.image, name=display_name(pair.image, root), normalize=normalize)
+            fg = read_mask(
+                pair.mask, mask_threshold=mask_threshold, name=display_name(pair.mask, root)
+            )
             if fg.shape != image.shape[:2]:
                 raise MSRFError(
-                    f"{display_name(pair.mask, root)}: size {fg.shape[0]}x{fg.shape[1]} differs from its image "
-                    f"({image.shape[0]}x{image.shape[1]}, HxW)"
+                    f"{display_name(pair.mask, root)}: size {fg.shape[0]}x{fg.shape[1]} differs "
+                    f"from its image ({image.shape[0]}x{image.shape[1]}, HxW)"
                 )
-            images[i], masks[i] = preprocess_pair(image, fg, size)
-            original[i] = (int(image.shape[0]), int(image.shape[1]))
+            return (*preprocess_pair(image, fg, size), (int(image.shape[0]), int(image.shape[1])))
 
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(work, range(n)))
-        images.flush()
-        masks.flush()
-        del images, masks
+        # rows are appended in order, a chunk of images at a time: a split need not fit in memory
+        chunk = 4 * threads
+        with (
+            _npy_writer(tmp / "images.npy", (n, size, size, 3)) as fi,
+            _npy_writer(tmp / "masks.npy", (n, size, size)) as fm,
+            ThreadPoolExecutor(max_workers=threads) as pool,
+        ):
+            for start in range(0, n, chunk):
+                for image, grey, hw in pool.map(work, range(start, min(n, start + chunk))):
+                    fi.write(np.ascontiguousarray(image, np.uint8).tobytes())
+                    fm.write(np.ascontiguousarray(grey, np.uint8).tobytes())
+                    original.append(hw)
         meta = {
             "version": CACHE_VERSION,
             "split": split,
             "size": size,
             "mask_threshold": mask_threshold,
+            "normalize": normalize,
             "stems": [p.stem for p in pairs],
             "image_files": [display_name(p.image, root) for p in pairs],
             "mask_files": [display_name(p.mask, root) for p in pairs],
@@ -206,25 +288,49 @@ def load_or_build_cache(
     mask_threshold: float | None = None,
     cache_dir: str | Path | None = None,
     threads: int | None = None,
+    mask_suffix: str = "",
+    normalize: str = "minmax",
 ) -> SplitCache:
-    """The cache entry of ``split`` at ``size``×``size``, built from the files if missing or stale.
+    """The cache entry of ``split`` at ``size``×``size``, built from the files if missing or stale;
+    masks paired by stem + ``mask_suffix``, images read with ``normalize`` (``to_uint8``).
 
     Raises :class:`MSRFError` naming the file on the first unpaired, unreadable or mismatched file
-    (``check_data`` lists them all), and when no cache folder is writable.
+    (``check_data`` lists them all), when no cache folder is writable, and naming the folder and
+    the cause when it lacks the space or a write fails (the half-built entry is removed). A
+    corrupt entry (truncated array, garbled ``meta.json``) is noted, deleted and rebuilt.
     """
     root = Path(root)
-    pairs = split_pairs(root, split)
-    name = _entry_name(split, size, cache_key(root, split, size, pairs, mask_threshold))
+    pairs = split_pairs(root, split, mask_suffix)
+    key = cache_key(root, split, size, pairs, mask_threshold, normalize)
+    name = _entry_name(split, size, key)
     folders = cache_roots(root, cache_dir)
     for folder in folders:
-        if (folder / name / "meta.json").is_file():
-            return _load(folder / name, root)
+        cache = _load_valid(folder, name, root)
+        if cache is not None:
+            return cache
     target_root = next((f for f in folders if _writable(f)), None)
     if target_root is None:
-        raise MSRFError(f"{folders[-1]}: cache folder not writable; pass a writable cache_dir (--cache-dir)")
+        raise MSRFError(
+            f"{folders[-1]}: cache folder not writable; pass a writable cache_dir (--cache-dir)"
+        )
+    _check_free_space(target_root, len(pairs), size)
     start = time.perf_counter()
-    _build(target_root / name, root, split, size, pairs, mask_threshold, threads or min(8, (os.cpu_count() or 1) + 1))
+    threads = threads or min(8, (os.cpu_count() or 1) + 1)
+    try:
+        _build(target_root / name, root, split, size, pairs, mask_threshold, threads, normalize)
+    except OSError as e:
+        from msrfnet.safe_output import io_error
+
+        raise io_error(target_root, e, "cannot write the cache") from e
     _remove_stale(target_root, split, size, keep=name)
     seconds = time.perf_counter() - start
-    log.info("cached %s/%s at %d px (%d images) in %.1f s: %s", root, split, size, len(pairs), seconds, target_root / name)
+    log.info(
+        "cached %s/%s at %d px (%d images) in %.1f s: %s",
+        root,
+        split,
+        size,
+        len(pairs),
+        seconds,
+        target_root / name,
+    )
     return _load(target_root / name, root)

@@ -14,14 +14,26 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MSRFError
-from .io import IMAGE_EXTENSIONS, Pair, binarise_mask, display_name, mask_channel, pair_files, read_image, read_raw
-from .layout import SPLITS, split_candidates
+from msrfnet.data.io import (
+    IMAGE_EXTENSIONS,
+    Pair,
+    binarise_mask,
+    check_mask_threshold,
+    display_name,
+    mask_channel,
+    pair_files,
+    read_image,
+    read_raw,
+)
+from msrfnet.data.layout import SPLITS, split_candidates
+from msrfnet.errors import MSRFError
+
+__all__ = ["SplitSummary", "CheckReport", "check_data"]
 
 
 @dataclass
 class SplitSummary:
-    """What was found in one split: its folder, and per readable pair its size and foreground share."""
+    """What was found in one split: its folder, and per readable pair its size and foreground."""
 
     folder: str
     pairs: int = 0
@@ -33,13 +45,15 @@ class SplitSummary:
 class CheckReport:
     """The outcome of :func:`check_data`.
 
-    ``problems`` holds one line per problem, each naming the file relative to ``root``; ``notes``
-    holds things that are not errors (skipped non-image files). ``ok`` is True when there are no
-    problems.
+    ``problems`` holds one line per problem, each naming the file relative to ``root``;
+    ``warnings`` things that are likely mistakes but may be meant (a split whose masks are all
+    empty or all full); ``notes`` things that are not errors (skipped non-image files). ``ok`` is
+    True when there are no problems.
     """
 
     root: Path
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     splits: dict[str, SplitSummary] = field(default_factory=dict)
     seconds: float = 0.0
@@ -52,8 +66,11 @@ class CheckReport:
         """The report as text: the problems, one a line, then a per-split summary table."""
         total = sum(s.pairs for s in self.splits.values())
         head = "OK" if self.ok else f"{len(self.problems)} problem{'s' * (len(self.problems) != 1)}"
+        if self.warnings:
+            head += f", {len(self.warnings)} warning{'s' * (len(self.warnings) != 1)}"
         lines = [f"check-data {self.root}: {head} ({total} image/mask pairs, {self.seconds:.1f} s)"]
         lines += [f"  problem: {p}" for p in self.problems]
+        lines += [f"  warning: {w}" for w in self.warnings]
         lines += [f"  note: {n}" for n in self.notes]
         lines.append("")
         lines.append(_table(self.splits))
@@ -61,7 +78,16 @@ class CheckReport:
 
 
 def _table(splits: dict[str, SplitSummary]) -> str:
-    header = ("split", "folder", "pairs", "smallest HxW", "largest HxW", "fg mean", "fg min", "fg max")
+    header = (
+        "split",
+        "folder",
+        "pairs",
+        "smallest HxW",
+        "largest HxW",
+        "fg mean",
+        "fg min",
+        "fg max",
+    )
     rows = [header]
     for name, s in splits.items():
         if s.sizes:
@@ -79,8 +105,9 @@ def _table(splits: dict[str, SplitSummary]) -> str:
 
 def _check_pair(
     pair: Pair, root: Path, mask_threshold: float | None
-) -> tuple[list[str], tuple[int, int] | None, float | None]:
-    """Decode one pair: (problems, image size H×W or None, foreground fraction or None)."""
+) -> tuple[list[str], tuple[int, int] | None, float | None, tuple[float, float] | None]:
+    """Decode one pair: (problems, image size H×W or None, foreground fraction or None, the
+    mask's smallest and largest value or None)."""
     problems: list[str] = []
     image_name, mask_name = display_name(pair.image, root), display_name(pair.mask, root)
     size = grey = None
@@ -93,19 +120,23 @@ def _check_pair(
     except MSRFError as err:
         problems.append(str(err))
     if grey is None:
-        return problems, size, None
+        return problems, size, None, None
+    values = (float(grey.min()), float(grey.max())) if grey.size else None
     if size is not None and grey.shape[:2] != size:
         mh, mw = grey.shape[:2]
-        problems.append(f"{mask_name}: size {mh}x{mw} differs from its image {image_name} ({size[0]}x{size[1]}, HxW)")
-        return problems, None, None
+        problems.append(
+            f"{mask_name}: size {mh}x{mw} differs from its image {image_name} "
+            f"({size[0]}x{size[1]}, HxW)"
+        )
+        return problems, None, None, values
     try:
         foreground = binarise_mask(grey, mask_threshold=mask_threshold, name=mask_name)
     except MSRFError as err:
         problems.append(str(err))
-        return problems, None, None
+        return problems, None, None, values
     if size is None:
-        return problems, None, None
-    return problems, size, float(foreground.mean())
+        return problems, None, None, values
+    return problems, size, float(foreground.mean()), values
 
 
 def _skipped_files(folder: Path) -> list[str]:
@@ -116,7 +147,13 @@ def _skipped_files(folder: Path) -> list[str]:
     )
 
 
-def check_data(root: str | Path, mask_threshold: float | None = None, *, workers: int | None = None) -> CheckReport:
+def check_data(
+    root: str | Path,
+    mask_threshold: float | None = None,
+    *,
+    workers: int | None = None,
+    mask_suffix: str = "",
+) -> CheckReport:
     """Validate the dataset at ``root`` (``train/``, ``val/`` or ``valid/``, ``test/``).
 
     Finds missing split folders, unpaired files, unreadable / corrupt / zero-byte files, image–mask
@@ -127,6 +164,13 @@ def check_data(root: str | Path, mask_threshold: float | None = None, *, workers
     start = time.perf_counter()
     root = Path(root)
     report = CheckReport(root=root)
+    try:
+        if mask_threshold is not None:
+            check_mask_threshold(mask_threshold)
+    except MSRFError as err:  # every mask would say so: once, before decoding any
+        report.problems.append(str(err))
+        report.seconds = time.perf_counter() - start
+        return report
     if not root.is_dir():
         report.problems.append(f"{root}: dataset folder not found")
         report.seconds = time.perf_counter() - start
@@ -136,7 +180,9 @@ def check_data(root: str | Path, mask_threshold: float | None = None, *, workers
         found = split_candidates(root, split)
         if not found:
             alias = "val/ (or valid/)" if split == "val" else f"{split}/"
-            report.problems.append(f"{alias}: split folder missing (expected {split}/images/ and {split}/masks/)")
+            report.problems.append(
+                f"{alias}: split folder missing (expected {split}/images/ and {split}/masks/)"
+            )
             continue
         if len(found) > 1:
             report.problems.append("val/ and valid/: both exist; keep one (val/ is checked)")
@@ -152,8 +198,12 @@ def check_data(root: str | Path, mask_threshold: float | None = None, *, workers
             skipped = _skipped_files(folder / sub)
             if skipped:
                 shown = ", ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else "")
-                report.notes.append(f"{folder.name}/{sub}/: {len(skipped)} non-image file(s) skipped: {shown}")
-        pairing = pair_files(folder / "images", folder / "masks", base=root)
+                report.notes.append(
+                    f"{folder.name}/{sub}/: {len(skipped)} non-image file(s) skipped: {shown}"
+                )
+        pairing = pair_files(
+            folder / "images", folder / "masks", base=root, mask_suffix=mask_suffix
+        )
         report.problems += pairing.problems
         summary.pairs = len(pairing.pairs)
         if not pairing.pairs:
@@ -163,10 +213,36 @@ def check_data(root: str | Path, mask_threshold: float | None = None, *, workers
     threads = workers or min(16, (os.cpu_count() or 1) + 2)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         results = list(pool.map(lambda item: _check_pair(item[1], root, mask_threshold), work))
-    for (split, _), (problems, size, fg) in zip(work, results):
+    ranges = []
+    for (split, _), (problems, size, fg, values) in zip(work, results):
         report.problems += problems
+        if values is not None:
+            ranges.append(values)
         if size is not None and fg is not None:
             report.splits[split].sizes.append((int(size[0]), int(size[1])))
             report.splits[split].foreground.append(fg)
+    _check_foreground(report, mask_threshold, ranges)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _check_foreground(
+    report: CheckReport, mask_threshold: float | None, ranges: list[tuple[float, float]]
+) -> None:
+    """A ``mask_threshold`` outside the masks' values is a problem (it would make every mask empty
+    or every mask full); a split whose masks are all empty or all full is a warning."""
+    if mask_threshold is not None and ranges:
+        lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        if not lo <= mask_threshold < hi:
+            every = "empty" if mask_threshold >= hi else "full"
+            report.problems.append(
+                f"--mask-threshold {mask_threshold:g}: outside the masks' values "
+                f"({lo:g} to {hi:g}), so every mask would be {every} "
+                "(foreground = value > T)"
+            )
+    for s in report.splits.values():
+        n = len(s.foreground)
+        if n and max(s.foreground) == 0.0:
+            report.warnings.append(f"{s.folder}/masks/: every mask is empty (no foreground in {n})")
+        elif n and min(s.foreground) == 1.0:
+            report.warnings.append(f"{s.folder}/masks/: every mask is full (all foreground in {n})")

@@ -14,12 +14,17 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import Config
-from ..errors import MSRFError
-from .cache import load_or_build_cache
-from .dataset import MSRFDataset
-from .layout import SPLITS, split_candidates
-from .root import resolve_data_root
+from msrfnet.config import Config
+from msrfnet.data.augment import PresetAugment
+from msrfnet.data.cache import load_or_build_cache
+from msrfnet.data.dataset import MSRFDataset
+from msrfnet.data.layout import SPLITS, split_candidates
+from msrfnet.data.native import NativeDataset
+from msrfnet.data.root import resolve_data_root
+from msrfnet.errors import MSRFError
+from msrfnet.options import check_image_size
+
+__all__ = ["MSRFDataModule"]
 
 _STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
     "fit": ("train", "val"),
@@ -31,7 +36,9 @@ _STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
 
 
 class MSRFDataModule(L.LightningDataModule):
-    """Data for one run: ``root`` (default: :func:`resolve_data_root` of ``cfg.data``) at ``cfg.image_size``.
+    """Data for one run: ``root`` (default: :func:`resolve_data_root` of ``cfg.data``) at
+    ``cfg.image_size`` (or, with ``cfg.patch_size``, crops at native scale:
+    :class:`~msrfnet.data.native.NativeDataset`).
 
     ``setup`` loads (building when needed) the cache of each split its stage uses and exposes them
     as ``train_set``, ``val_set`` and ``test_set``; augmentation, if ``cfg.augment``, is on the
@@ -40,37 +47,55 @@ class MSRFDataModule(L.LightningDataModule):
 
     def __init__(self, cfg: Config, root: str | Path | None = None) -> None:
         super().__init__()
-        size = cfg.image_size
-        if size < 8 or size % 8:
-            suggestion = max(8, round(size / 8) * 8)
-            raise MSRFError(
-                f"image_size {size}: must be a positive multiple of 8 (the encoder halves it 3 times); try {suggestion}"
-            )
+        check_image_size(cfg.image_size)
         self.cfg = cfg
         self.root = Path(root) if root is not None else resolve_data_root(cfg.data)[0]
         self.train_set: MSRFDataset | None = None
         self.val_set: MSRFDataset | None = None
         self.test_set: MSRFDataset | None = None
 
-    def _dataset(self, split: str) -> MSRFDataset:
+    def _dataset(self, split: str) -> MSRFDataset | NativeDataset:
         cfg = self.cfg
+        if cfg.patch_size:  # native scale: crops read from the files (msrfnet.data.native)
+            return NativeDataset(
+                self.root,
+                split,
+                patch_size=cfg.patch_size,
+                scale=cfg.scale,
+                random_crop=split == "train",
+                mask_threshold=cfg.mask_threshold,
+                canny=(cfg.canny_low, cfg.canny_high),
+                edge_canny=(cfg.edge_canny_low, cfg.edge_canny_high),
+                augment=self._augment(split),
+                mask_suffix=cfg.mask_suffix,
+                normalize=cfg.normalize,
+            )
         cache = load_or_build_cache(
-            self.root, split, cfg.image_size, mask_threshold=cfg.mask_threshold, cache_dir=cfg.cache_dir
+            self.root,
+            split,
+            cfg.image_size,
+            mask_threshold=cfg.mask_threshold,
+            cache_dir=cfg.cache_dir,
+            mask_suffix=cfg.mask_suffix,
+            normalize=cfg.normalize,
         )
-        augment = None
-        if cfg.augment and split == "train":
-            from .augment import PresetAugment
-
-            augment = PresetAugment(seed=cfg.seed)
         return MSRFDataset(
             cache,
             canny=(cfg.canny_low, cfg.canny_high),
             edge_canny=(cfg.edge_canny_low, cfg.edge_canny_high),
-            augment=augment,
+            augment=self._augment(split),
         )
+
+    def _augment(self, split: str):
+        if not (self.cfg.augment and split == "train"):
+            return None
+
+        return PresetAugment(seed=self.cfg.seed)
 
     def prepare_data(self) -> None:
         """Build the caches once per node (Lightning calls this on one process) before ``setup``."""
+        if self.cfg.patch_size:  # native scale reads the files: nothing to cache
+            return
         for split in SPLITS:
             if split_candidates(self.root, split):
                 self._dataset(split)
@@ -94,8 +119,8 @@ class MSRFDataModule(L.LightningDataModule):
             return DataLoader(dataset, shuffle=False, drop_last=False, **options)
         if len(dataset) < self.cfg.batch_size:
             raise MSRFError(
-                f"{self.root}: train split has {len(dataset)} images, fewer than batch_size {self.cfg.batch_size} "
-                "(the last incomplete batch is dropped); lower --batch-size"
+                f"{self.root}: train split has {len(dataset)} images, fewer than batch_size "
+                f"{self.cfg.batch_size} (the last incomplete batch is dropped); lower --batch-size"
             )
         generator = torch.Generator().manual_seed(self.cfg.seed)
         return DataLoader(dataset, shuffle=True, drop_last=True, generator=generator, **options)

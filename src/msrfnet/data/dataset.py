@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from .augment import Augment
-from .cache import SplitCache
-from .preprocess import binarise_grey, canny_map
+from msrfnet.data.augment import Augment
+from msrfnet.data.cache import SplitCache
+from msrfnet.data.preprocess import binarise_grey, canny_map
+
+__all__ = ["SampleSource", "TrainingSamples", "MSRFDataset"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,42 @@ class SampleSource:
     width: int
 
 
-class MSRFDataset(Dataset):
+class TrainingSamples(Dataset):
+    """What every training dataset does with an RGB uint8 image and its grey mask: augment them
+    (reseeded per DataLoader worker), then the Canny input, the binary mask and the mask's edge
+    map, as one item (see the module docstring for the layout). Subclasses set ``augment``,
+    ``canny``, ``edge_canny`` and ``_worker_seed`` (None)."""
+
+    augment: Augment | None
+    canny: tuple[float, float]
+    edge_canny: tuple[float, float]
+    _worker_seed: int | None
+
+    def _reseed_for_worker(self) -> None:
+        # Forked workers inherit one augmentation state, so all would draw identical transforms
+        # (and each epoch would repeat the last); the worker seed differs per worker and epoch.
+        info = get_worker_info()
+        if info is not None and info.seed != self._worker_seed and hasattr(self.augment, "reseed"):
+            self._worker_seed = info.seed
+            self.augment.reseed(info.seed % 2**32)  # type: ignore[union-attr]
+
+    def _sample(self, image: np.ndarray, grey: np.ndarray, index: int) -> dict[str, Any]:
+        if self.augment is not None:
+            self._reseed_for_worker()
+            image, grey = self.augment(image, grey)
+        canny = canny_map(image, *self.canny)
+        edge = canny_map(grey, *self.edge_canny)
+        mask = binarise_grey(grey)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "canny": torch.from_numpy(canny)[None],
+            "mask": torch.from_numpy(mask)[None],
+            "edge": torch.from_numpy(edge)[None],
+            "index": index,
+        }
+
+
+class MSRFDataset(TrainingSamples):
     """The samples of one cached split (see the module docstring for the item layout)."""
 
     def __init__(
@@ -79,7 +116,7 @@ class MSRFDataset(Dataset):
         return len(self.stems)
 
     def source(self, index: int) -> SampleSource:
-        """The original files and size (H, W) of sample ``index``, for full-resolution metrics and overlays."""
+        """The original files and size (H, W) of sample ``index``, for full-resolution metrics."""
         h, w = self.original_sizes[index]
         return SampleSource(
             stem=self.stems[index],
@@ -89,28 +126,8 @@ class MSRFDataset(Dataset):
             width=int(w),
         )
 
-    def _reseed_for_worker(self) -> None:
-        # Forked workers inherit one augmentation state, so all would draw identical transforms
-        # (and each epoch would repeat the last); the worker seed differs per worker and epoch.
-        info = get_worker_info()
-        if info is not None and info.seed != self._worker_seed and hasattr(self.augment, "reseed"):
-            self._worker_seed = info.seed
-            self.augment.reseed(info.seed % 2**32)  # type: ignore[union-attr]
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         images, masks = self._arrays()
         image = np.array(images[index])  # copy out of the read-only memory map
         grey = np.array(masks[index])
-        if self.augment is not None:
-            self._reseed_for_worker()
-            image, grey = self.augment(image, grey)
-        canny = canny_map(image, *self.canny)
-        edge = canny_map(grey, *self.edge_canny)
-        mask = binarise_grey(grey)
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "canny": torch.from_numpy(canny)[None],
-            "mask": torch.from_numpy(mask)[None],
-            "edge": torch.from_numpy(edge)[None],
-            "index": index,
-        }
+        return self._sample(image, grey, index)

@@ -1,4 +1,4 @@
-"""Reading images and masks from disk, and pairing them by file stem.
+"""Reading images and masks from disk (pairing them by file stem: :mod:`msrfnet.data.files`).
 
 Every reader returns plain numpy arrays and turns any decoding failure into a one-line
 :class:`~msrfnet.errors.MSRFError` that names the file, so a bad file in a 600-image folder is
@@ -13,7 +13,10 @@ Rules (documented in the user docs; tests pin each one):
   original), grey is repeated into three channels, palette images are expanded.
   **16-bit / 32-bit / float images are stretched from their own min–max range to 0–255**, not
   divided by 257: microscopy cameras typically fill 12 of the 16 bits, and /257 would leave such an
-  image nearly black (and without Canny edges). A constant image becomes all zeros.
+  image nearly black (and without Canny edges). A constant image becomes all zeros. With
+  ``normalize="percentile"`` (``msrf train --normalize percentile``, recorded in the checkpoint
+  and applied the same way at inference) the 1–99.8 % percentile range is stretched instead and
+  the rest clipped, so a few hot pixels do not darken the whole image (:func:`to_uint8`).
 * **Masks** become one grey channel (RGB via Pillow's "L" luma, as the original; palette masks keep
   their indices) and then a boolean foreground:
 
@@ -22,104 +25,69 @@ Rules (documented in the user docs; tests pin each one):
     else 65535 (else the max), and foreground = value > R/2. So 0/255, 0/1, 0/65535 and JPEG-noisy
     0/255 masks all work;
   - a mask that looks like a label map raises instead of being silently mis-binarised (see
-    :func:`label_map_reason`).
+    :func:`label_map_reason`); a non-finite ``mask_threshold`` raises;
+  - a multi-page file (TIFF) is refused as a mask; an image uses its first page.
+* **Refused with one line**: a float image or mask with NaN or infinite pixels (not stretched into
+  a black image); a file that cannot be read (permission, I/O error) is said to be unreadable, not
+  corrupt.
 """
 
 from __future__ import annotations
 
+import io
 import threading
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import MSRFError
+from msrfnet.config import NORMALIZATIONS
+from msrfnet.data.files import (  # noqa: F401 - re-exported: data.io was their home
+    IMAGE_EXTENSIONS,
+    Pair,
+    Pairing,
+    display_name,
+    files_by_stem,
+    is_image_file,
+    list_image_files,
+    pair_files,
+)
+from msrfnet.errors import MSRFError
+from msrfnet.safe_output import describe_os_error
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "LABEL_MAP_MIN_FRACTION",
+    "Pair",
+    "Pairing",
+    "display_name",
+    "is_image_file",
+    "list_image_files",
+    "files_by_stem",
+    "pair_files",
+    "read_raw",
+    "PERCENTILES",
+    "PERCENTILE_SAMPLE",
+    "to_uint8",
+    "read_image",
+    "mask_channel",
+    "nominal_range",
+    "label_map_reason",
+    "check_mask_threshold",
+    "binarise_mask",
+    "read_mask",
+    "is_label_image",
+    "read_labels",
+    "foreground_to_grey",
+]
+
 # A label value has to fill this share of the pixels to count as "well populated"; JPEG ringing
 # and anti-aliasing spread their in-between values thinly over many grey levels instead.
 LABEL_MAP_MIN_FRACTION = 0.01
 
 _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One sample on disk: an image and its mask sharing the file stem ``stem``."""
-
-    stem: str
-    image: Path
-    mask: Path
-
-
-@dataclass
-class Pairing:
-    """The result of pairing an ``images/`` folder with a ``masks/`` folder.
-
-    ``pairs`` are sorted by stem; ``problems`` holds one line per unpaired or ambiguous file.
-    """
-
-    pairs: list[Pair]
-    problems: list[str]
-
-
-def display_name(path: Path, base: Path | None) -> str:
-    """``path`` relative to ``base`` when it lies inside it (for messages), else as given."""
-    if base is not None:
-        try:
-            return path.relative_to(base).as_posix()
-        except ValueError:
-            pass
-    return str(path)
-
-
-def is_image_file(path: Path) -> bool:
-    """A visible regular file with one of :data:`IMAGE_EXTENSIONS` (any case)."""
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def list_image_files(folder: Path) -> list[Path]:
-    """The image files directly inside ``folder``, sorted by name (hidden and other files skipped)."""
-    return sorted((p for p in Path(folder).iterdir() if is_image_file(p)), key=lambda p: p.name)
-
-
-def pair_files(images_dir: Path, masks_dir: Path, *, base: Path | None = None) -> Pairing:
-    """Pair ``images_dir`` with ``masks_dir`` by file stem (``a.jpg`` ↔ ``a.png``), sorted by stem.
-
-    Unpaired files and stems that occur twice in one folder (``a.png`` and ``a.jpg``) are reported
-    in :attr:`Pairing.problems` with paths relative to ``base``; the rest are paired.
-    """
-    problems: list[str] = []
-    by_stem: list[dict[str, Path]] = []
-    ambiguous: set[str] = set()
-    for folder in (images_dir, masks_dir):
-        groups: dict[str, list[Path]] = defaultdict(list)
-        for path in list_image_files(folder):
-            groups[path.stem].append(path)
-        unique: dict[str, Path] = {}
-        for stem, paths in groups.items():
-            if len(paths) > 1:
-                names = ", ".join(display_name(p, base) for p in paths)
-                problems.append(f"{names}: several files share the stem {stem!r}; keep one")
-                ambiguous.add(stem)
-            else:
-                unique[stem] = paths[0]
-        by_stem.append(unique)
-    images, masks = by_stem
-    for stem in sorted(images.keys() - masks.keys() - ambiguous):
-        problems.append(
-            f"{display_name(images[stem], base)}: no mask with stem {stem!r} in {display_name(masks_dir, base)}/"
-        )
-    for stem in sorted(masks.keys() - images.keys() - ambiguous):
-        problems.append(
-            f"{display_name(masks[stem], base)}: no image with stem {stem!r} in {display_name(images_dir, base)}/"
-        )
-    pairs = [Pair(stem, images[stem], masks[stem]) for stem in sorted((images.keys() & masks.keys()) - ambiguous)]
-    return Pairing(pairs, problems)
 
 
 _quiet_lock = threading.Lock()
@@ -151,13 +119,13 @@ def _quiet_opencv() -> Iterator[None]:
                 cv2.utils.logging.setLogLevel(_saved_level)
 
 
-def _decode_cv2(path: Path) -> np.ndarray | None:
-    """Decode with OpenCV keeping depth and channels, as RGB(A) order; None if it cannot."""
+def _decode_cv2(data: bytes) -> np.ndarray | None:
+    """Decode a file's bytes with OpenCV keeping depth and channels, as RGB(A) order; None if it
+    cannot."""
     import cv2
 
-    data = np.fromfile(str(path), dtype=np.uint8)  # imdecode, not imread: non-ASCII paths
     with _quiet_opencv():
-        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         return None
     if arr.ndim == 3 and arr.shape[2] == 1:
@@ -183,33 +151,51 @@ def _pil_to_array(im: Image.Image, *, keep_indices: bool) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def read_raw(path: str | Path, *, name: str | None = None, keep_indices: bool = False) -> np.ndarray:
+def read_raw(
+    path: str | Path, *, name: str | None = None, keep_indices: bool = False
+) -> np.ndarray:
     """Decode ``path`` fully into an array: H×W or H×W×C (RGB order), dtype as stored.
 
-    The full decode (not just the header) is what catches truncated files. ``keep_indices`` keeps
-    palette indices (for masks) instead of expanding to colours. Raises :class:`MSRFError` naming
-    the file (``name`` if given) when the file is missing, empty, or not a readable image.
+    The full decode (not just the header) is what catches truncated files. ``keep_indices`` (masks)
+    keeps palette indices instead of expanding to colours and refuses multi-page files. Raises
+    :class:`MSRFError` naming the file (``name`` if given) when it is missing, empty, cannot be
+    read (permission, I/O error: said as such, the content may be fine), is not a readable image
+    (corrupt), or is a float image with NaN/infinite pixels.
     """
+
     path = Path(path)
     label = name or str(path)
     if not path.is_file():
         raise MSRFError(f"{label}: file not found")
-    if path.stat().st_size == 0:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise MSRFError(f"{label}: cannot read the file ({describe_os_error(err)})") from None
+    if not data:
         raise MSRFError(f"{label}: empty file (0 bytes)")
     is_tiff = path.suffix.lower() in (".tif", ".tiff")
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
+            pages = getattr(im, "n_frames", 1)
+            if keep_indices and pages > 1:
+                raise MSRFError(
+                    f"{label}: {pages} pages (a multi-page file); a mask must be a "
+                    "single image: save the page that holds the mask on its own"
+                )
             # The raw mode is only visible before load(): Pillow reads 16-bit colour as 8-bit.
             raw_modes = " ".join(str(t.args) for t in im.tile)
             im.load()
             if im.mode in ("RGB", "RGBA") and ";16" in raw_modes:
-                arr = _decode_cv2(path)
+                arr = _decode_cv2(data)
                 if arr is None:
                     raise OSError("16-bit colour image OpenCV cannot decode")
-                return arr
-            return _pil_to_array(im, keep_indices=keep_indices)
+                return _finite(arr, label)
+            return _finite(_pil_to_array(im, keep_indices=keep_indices), label)
     except UnidentifiedImageError:
-        reason = "not a readable image file (wrong extension, damaged header, or a format Pillow cannot read)"
+        reason = (
+            "not a readable image file "
+            "(wrong extension, damaged header, or a format Pillow cannot read)"
+        )
     except Image.DecompressionBombError as err:
         # a header claiming more than 2 × PIL.Image.MAX_IMAGE_PIXELS: refused before any decoding
         # (and never handed to OpenCV, which would try to allocate it)
@@ -219,29 +205,65 @@ def read_raw(path: str | Path, *, name: str | None = None, keep_indices: bool = 
     except Exception as err:  # decoders raise OSError, ValueError, SyntaxError, EOFError, ...
         reason = f"corrupt or truncated image ({err})"
     if is_tiff:
-        arr = _decode_cv2(path)
+        arr = _decode_cv2(data)
         if arr is not None:
-            return arr
+            return _finite(arr, label)
     raise MSRFError(f"{label}: {reason}")
 
 
-def to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Map any-depth pixels to uint8: uint8 unchanged, anything else min–max stretched to 0–255."""
+def _finite(arr: np.ndarray, label: str) -> np.ndarray:
+    """``arr``, or a one-line error for a float image with NaN or infinite pixels (stretched to
+    uint8 they would silently turn the whole image black)."""
+    if arr.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:
+            raise MSRFError(
+                f"{label}: {bad} of {arr.size} pixel values are NaN or infinite (a "
+                "float image); replace them with numbers: msrf does not guess what "
+                "they mean"
+            )
+    return arr
+
+
+#: The percentile range of ``normalize="percentile"``.
+PERCENTILES = (1.0, 99.8)
+#: Percentiles are estimated from at most this many evenly spaced pixels (exact below it).
+PERCENTILE_SAMPLE = 4_000_000
+
+
+def to_uint8(arr: np.ndarray, normalize: str = "minmax") -> np.ndarray:
+    """Map any-depth pixels to uint8, the one rule of training and inference: uint8 unchanged;
+    anything else stretched to 0–255 from its min–max range (``"minmax"``) or from its
+    :data:`PERCENTILES` range, values outside clipped (``"percentile"``; an image whose
+    percentiles coincide falls back to min–max). All channels share one range, so colours keep
+    their balance; a constant image becomes zeros."""
+
+    if normalize not in NORMALIZATIONS:
+        raise MSRFError(f"normalize {normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
     if arr.dtype == np.uint8:
         return arr
     a = arr.astype(np.float64)
     lo, hi = float(a.min()), float(a.max())
+    if normalize == "percentile":
+        flat = a.ravel()
+        step = -(-flat.size // PERCENTILE_SAMPLE)
+        p_lo, p_hi = (float(v) for v in np.percentile(flat[::step], PERCENTILES))
+        if p_hi > p_lo:
+            lo, hi = p_lo, p_hi
     if hi <= lo:
         return np.zeros(arr.shape, np.uint8)
-    return np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    return np.rint(np.clip((a - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
 
 
-def read_image(path: str | Path, *, name: str | None = None) -> np.ndarray:
-    """Read an image as H×W×3 uint8 RGB (alpha dropped, grey repeated, high depth stretched)."""
+def read_image(
+    path: str | Path, *, name: str | None = None, normalize: str = "minmax"
+) -> np.ndarray:
+    """Read an image as H×W×3 uint8 RGB (alpha dropped, grey repeated, high depth stretched by
+    ``normalize``: see :func:`to_uint8`)."""
     arr = read_raw(path, name=name)
     if arr.ndim == 3:
         arr = arr[:, :, :3]
-    arr = to_uint8(arr)
+    arr = to_uint8(arr, normalize)
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     return np.ascontiguousarray(arr)
@@ -295,18 +317,34 @@ def label_map_reason(grey: np.ndarray) -> str | None:
         return None
     middle = (values > 0.1 * top) & (values < 0.9 * top) & (fractions > LABEL_MAP_MIN_FRACTION)
     nonzero = float(fractions[values > 0].sum())
-    if not middle.any() and not (top <= nominal_range(grey) / 2 and nonzero > LABEL_MAP_MIN_FRACTION):
+    if not middle.any() and not (
+        top <= nominal_range(grey) / 2 and nonzero > LABEL_MAP_MIN_FRACTION
+    ):
         return None
     order = np.argsort(-fractions)[:5]
-    shown = ", ".join(f"{values[i]:g} ({100 * fractions[i]:.1f}%)" for i in sorted(order, key=lambda i: values[i]))
+    shown = ", ".join(
+        f"{values[i]:g} ({100 * fractions[i]:.1f}%)" for i in sorted(order, key=lambda i: values[i])
+    )
     more = f" and {len(values) - len(order)} more" if len(values) > len(order) else ""
     return f"looks like a label map, not a binary mask (values {shown}{more})"
 
 
-def binarise_mask(grey: np.ndarray, *, mask_threshold: float | None = None, name: str = "mask") -> np.ndarray:
+def check_mask_threshold(mask_threshold: float) -> float:
+    """``mask_threshold`` if it is a finite number, else a one-line error naming the option."""
+    if not np.isfinite(mask_threshold):
+        raise MSRFError(
+            f"--mask-threshold {mask_threshold}: must be a finite number "
+            "(foreground = mask value > T)"
+        )
+    return mask_threshold
+
+
+def binarise_mask(
+    grey: np.ndarray, *, mask_threshold: float | None = None, name: str = "mask"
+) -> np.ndarray:
     """Foreground (bool H×W) of a one-channel mask by the module's rules; raises on label maps."""
     if mask_threshold is not None:
-        return grey > mask_threshold
+        return grey > check_mask_threshold(mask_threshold)
     reason = label_map_reason(grey)
     if reason is not None:
         raise MSRFError(
@@ -316,11 +354,45 @@ def binarise_mask(grey: np.ndarray, *, mask_threshold: float | None = None, name
     return grey > nominal_range(grey) / 2
 
 
-def read_mask(path: str | Path, *, mask_threshold: float | None = None, name: str | None = None) -> np.ndarray:
-    """Read a mask file as a boolean H×W foreground array (see the module docstring for the rules)."""
+def read_mask(
+    path: str | Path, *, mask_threshold: float | None = None, name: str | None = None
+) -> np.ndarray:
+    """Read a mask file as a boolean H×W foreground array (the rules: the module docstring)."""
     label = name or str(path)
     grey = mask_channel(read_raw(path, name=label, keep_indices=True))
     return binarise_mask(grey, mask_threshold=mask_threshold, name=label)
+
+
+def is_label_image(arr: np.ndarray) -> bool:
+    """Whether a decoded file is an instance label image (0 = background, each other value one
+    object) rather than a binary mask: one channel of integers with more than one non-zero value,
+    and, for 8-bit files, values that :func:`label_map_reason` does not take for a noisy binary
+    mask (JPEG ringing also spreads over many values, but thinly). A label image holding a single
+    object cannot be told from a 0/1 mask; a folder decides (``msrf evaluate``)."""
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        return False
+    values = np.unique(arr)
+    if np.count_nonzero(values) < 2:
+        return False
+    return arr.dtype.itemsize > 1 or label_map_reason(arr) is not None
+
+
+def read_labels(path: str | Path, *, name: str | None = None) -> np.ndarray:
+    """Read an instance label image (uint16 PNG/TIFF, or any one-channel integer file) as H×W
+    integers; a colour, float, negative or multi-page file is refused with one line."""
+    label = name or str(path)
+    arr = read_raw(path, name=label, keep_indices=True)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        kind = "colour" if arr.ndim == 3 else str(arr.dtype)
+        raise MSRFError(
+            f"{label}: a {kind} image, not a label image (one channel of integers: 0 = "
+            "background, 1..N one object each)"
+        )
+    if np.issubdtype(arr.dtype, np.signedinteger) and arr.size and arr.min() < 0:
+        raise MSRFError(f"{label}: negative values; a label image holds 0 (background) and 1..N")
+    return arr
 
 
 def foreground_to_grey(foreground: np.ndarray) -> np.ndarray:

@@ -8,11 +8,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import MSRFError
-from .io import Pair, Pairing, pair_files
+from msrfnet.data.io import Pair, Pairing, pair_files
+from msrfnet.errors import MSRFError
+
+__all__ = [
+    "SPLITS",
+    "split_candidates",
+    "split_dir",
+    "split_pairing",
+    "require_pairs",
+    "split_pairs",
+]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-_ALIASES: dict[str, tuple[str, ...]] = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "train": ("train",),
+    "val": ("val", "valid"),
+    "test": ("test",),
+}
 
 
 def split_candidates(root: Path, split: str) -> list[Path]:
@@ -27,35 +40,44 @@ def split_dir(root: Path, split: str) -> Path:
     found = split_candidates(root, split)
     names = "/ or ".join(_ALIASES[split]) + "/"
     if not found:
-        raise MSRFError(f"{root}: no {names} folder (expected {root}/{split}/images and {root}/{split}/masks)")
+        raise MSRFError(
+            f"{root}: no {names} folder (expected {root}/{split}/images and {root}/{split}/masks)"
+        )
     if len(found) > 1:
         raise MSRFError(f"{root}: both val/ and valid/ exist; keep one")
     return found[0]
 
 
-def split_pairing(root: Path, split: str) -> Pairing:
-    """Pair ``images/`` with ``masks/`` of one split; paths in problems are relative to ``root``."""
+def split_pairing(root: Path, split: str, mask_suffix: str = "") -> Pairing:
+    """Pair ``images/`` with ``masks/`` of one split (a mask's stem is its image's plus
+    ``mask_suffix``); paths in problems are relative to ``root``."""
     folder = split_dir(root, split)
     for sub in ("images", "masks"):
         if not (folder / sub).is_dir():
             raise MSRFError(f"{folder / sub}: folder missing (each split holds images/ and masks/)")
-    return pair_files(folder / "images", folder / "masks", base=Path(root))
+    return pair_files(folder / "images", folder / "masks", base=Path(root), mask_suffix=mask_suffix)
 
 
 def require_pairs(pairing: Pairing, where: Path, empty: str, more_hint: str = "") -> list[Pair]:
     """``pairing.pairs``, or :class:`MSRFError` naming the first pairing problem (and how many
     more) or, with no pairs at all, the message ``empty``."""
     if pairing.problems:
-        extra = f" (and {len(pairing.problems) - 1} more{more_hint})" if len(pairing.problems) > 1 else ""
+        extra = (
+            f" (and {len(pairing.problems) - 1} more{more_hint})"
+            if len(pairing.problems) > 1
+            else ""
+        )
         raise MSRFError(f"{pairing.problems[0]} (in {where}){extra}")
     if not pairing.pairs:
         raise MSRFError(empty)
     return pairing.pairs
 
 
-def split_pairs(root: Path, split: str) -> list[Pair]:
-    """The sorted pairs of one split; raises :class:`MSRFError` on the first pairing problem or if empty."""
+def split_pairs(root: Path, split: str, mask_suffix: str = "") -> list[Pair]:
+    """The sorted pairs of one split; :class:`MSRFError` on a pairing problem or if it is empty."""
     return require_pairs(
-        split_pairing(root, split), root, f"{split_dir(root, split)}: no image/mask pairs (empty split)",
+        split_pairing(root, split, mask_suffix),
+        root,
+        f"{split_dir(root, split)}: no image/mask pairs (empty split)",
         more_hint="; run `msrf check-data`",
     )

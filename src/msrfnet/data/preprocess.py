@@ -16,26 +16,44 @@ Canny maps are computed per sample in the Dataset (after augmentation), never ca
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 from PIL import Image
 
-from .io import foreground_to_grey
+from msrfnet.data.io import foreground_to_grey
+
+__all__ = [
+    "LANCZOS",
+    "resize_image",
+    "resize_mask",
+    "preprocess_pair",
+    "binarise_grey",
+    "canny_map",
+    "model_inputs",
+]
 
 LANCZOS = Image.Resampling.LANCZOS  # == Image.ANTIALIAS of Pillow < 10
 
 
 def resize_image(rgb: np.ndarray, size: int) -> np.ndarray:
     """Resize an H×W×3 uint8 RGB image to size×size×3 with Pillow Lanczos."""
-    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).resize((size, size), LANCZOS))
+    return np.asarray(
+        Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).resize((size, size), LANCZOS)
+    )
 
 
 def resize_mask(grey: np.ndarray, size: int) -> np.ndarray:
-    """Resize an H×W uint8 grey (0/255) mask to size×size with Pillow Lanczos; stays anti-aliased."""
-    return np.asarray(Image.fromarray(np.ascontiguousarray(grey, dtype=np.uint8)).resize((size, size), LANCZOS))
+    """Resize an H×W uint8 grey (0/255) mask to size×size, Pillow Lanczos (stays anti-aliased)."""
+    return np.asarray(
+        Image.fromarray(np.ascontiguousarray(grey, dtype=np.uint8)).resize((size, size), LANCZOS)
+    )
 
 
-def preprocess_pair(rgb: np.ndarray, foreground: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def preprocess_pair(
+    rgb: np.ndarray, foreground: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The cached form of one sample: (resized RGB uint8 S×S×3, resized grey mask uint8 S×S)."""
     return resize_image(rgb, size), resize_mask(foreground_to_grey(foreground), size)
 
@@ -52,3 +70,12 @@ def canny_map(image: np.ndarray, low: float, high: float) -> np.ndarray:
     """
     edges = cv2.Canny(np.ascontiguousarray(image), low, high)
     return (edges > 0).astype(np.uint8)
+
+
+def model_inputs(
+    rgb: Sequence[np.ndarray], size: int, canny_low: float, canny_high: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training's pre-processing of RGB uint8 images: (uint8 B×3×S×S, uint8 {0,1} B×1×S×S)."""
+    resized = [resize_image(r, size) for r in rgb]
+    canny = [canny_map(r, canny_low, canny_high) for r in resized]
+    return np.stack(resized).transpose(0, 3, 1, 2), np.stack(canny)[:, None]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import MSRFError
-from .io import is_image_file
+from msrfnet.data.io import is_image_file
+from msrfnet.errors import MSRFError
+
+__all__ = ["DEFAULT_DATA", "sample_root", "resolve_data_root"]
 
 DEFAULT_DATA = Path("data") / "kdsb"
 
@@ -29,10 +31,17 @@ def resolve_data_root(data: str | Path | None) -> tuple[Path, str]:
     if data is not None:
         path = Path(data).expanduser()
         if not path.is_dir():
-            raise MSRFError(f"{path}: dataset folder not found (expected train/, val/, test/ with images/ and masks/)")
+            raise MSRFError(
+                f"{path}: dataset folder not found "
+                "(expected train/, val/, test/ with images/ and masks/)"
+            )
         return path, f"data: {path}"
     if DEFAULT_DATA.is_dir():
         return DEFAULT_DATA, f"no --data given: using ./{DEFAULT_DATA.as_posix()}"
     root = sample_root()
     counts = "/".join(str(_count(root / split)) for split in ("train", "val", "test"))
-    return root, f"no --data and no ./{DEFAULT_DATA.as_posix()}: using the bundled 2018 DSB sample ({counts} images)"
+    return (
+        root,
+        f"no --data and no ./{DEFAULT_DATA.as_posix()}: using the bundled 2018 DSB sample "
+        f"({counts} images)",
+    )

@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MSRFError
-from .io import Pair, pair_files
-from .layout import SPLITS, require_pairs
+from msrfnet.data.io import Pair, pair_files
+from msrfnet.data.layout import SPLITS, require_pairs
+from msrfnet.errors import MSRFError
+
+__all__ = ["SPLITS_FILE", "split_dataset"]
 
 SPLITS_FILE = "splits.json"
 
@@ -23,14 +25,20 @@ SPLITS_FILE = "splits.json"
 def _source_pairs(src: Path) -> list[Pair]:
     for sub in ("images", "masks"):
         if not (src / sub).is_dir():
-            raise MSRFError(f"{src / sub}: folder missing (the source must hold images/ and masks/)")
+            raise MSRFError(
+                f"{src / sub}: folder missing (the source must hold images/ and masks/)"
+            )
     pairing = pair_files(src / "images", src / "masks", base=src)
     return require_pairs(pairing, src, f"{src}: no image/mask pairs in images/ and masks/")
 
 
-def _random_assignment(pairs: list[Pair], val: float, test: float, seed: int) -> dict[str, list[Pair]]:
+def _random_assignment(
+    pairs: list[Pair], val: float, test: float, seed: int
+) -> dict[str, list[Pair]]:
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise MSRFError(f"split fractions val={val}, test={test}: each must be in [0, 1) and their sum below 1")
+        raise MSRFError(
+            f"split fractions val={val}, test={test}: each must be in [0, 1) and their sum below 1"
+        )
     n = len(pairs)
     n_val, n_test = round(n * val), round(n * test)
     order = np.random.default_rng(seed).permutation(n)
@@ -40,10 +48,14 @@ def _random_assignment(pairs: list[Pair], val: float, test: float, seed: int) ->
         "val": order[n_test : n_test + n_val],
         "train": order[n_test + n_val :],
     }
-    return {name: sorted((pairs[i] for i in idx), key=lambda p: p.stem) for name, idx in chosen.items()}
+    return {
+        name: sorted((pairs[i] for i in idx), key=lambda p: p.stem) for name, idx in chosen.items()
+    }
 
 
-def _assignment_from_json(pairs: list[Pair], splits_json: Path) -> tuple[dict[str, list[Pair]], dict[str, Any]]:
+def _assignment_from_json(
+    pairs: list[Pair], splits_json: Path
+) -> tuple[dict[str, list[Pair]], dict[str, Any]]:
     try:
         spec = json.loads(Path(splits_json).read_text())
         lists = {name: spec["splits"][name]["images"] for name in SPLITS}
@@ -56,7 +68,10 @@ def _assignment_from_json(pairs: list[Pair], splits_json: Path) -> tuple[dict[st
         stems = [Path(f).stem for f in files]
         missing = [s for s in stems if s not in by_stem]
         if missing:
-            raise MSRFError(f"{splits_json}: {len(missing)} {name} file(s) not in the source, e.g. {missing[0]!r}")
+            raise MSRFError(
+                f"{splits_json}: {len(missing)} {name} file(s) not in the source, e.g. "
+                f"{missing[0]!r}"
+            )
         out[name] = [by_stem[s] for s in stems]
     return out, spec
 
@@ -70,7 +85,8 @@ def split_dataset(
     *,
     splits_json: str | Path | None = None,
 ) -> dict[str, list[str]]:
-    """Copy ``SRC/{images,masks}`` into ``DST/{train,val,test}/{images,masks}`` and write ``DST/splits.json``.
+    """Copy ``SRC/{images,masks}`` into ``DST/{train,val,test}/{images,masks}`` and write
+    ``DST/splits.json``.
 
     The split is a seeded random permutation: ``round(N·test)`` test, ``round(N·val)`` val, the rest
     train. With ``splits_json`` (a file written by an earlier call) the listed split is re-created
@@ -100,7 +116,10 @@ def split_dataset(
         "test": test,
         "counts": {name: len(assignment[name]) for name in SPLITS},
         "splits": {
-            name: {"images": [p.image.name for p in assignment[name]], "masks": [p.mask.name for p in assignment[name]]}
+            name: {
+                "images": [p.image.name for p in assignment[name]],
+                "masks": [p.mask.name for p in assignment[name]],
+            }
             for name in SPLITS
         },
     }

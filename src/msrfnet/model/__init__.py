@@ -1,15 +1,27 @@
 """The MSRF-Net model, block by block with the paper's names."""
 
-from .dense import DenseConv2d, set_memory_efficient
-from .decoder import AttentionGate, DecoderBlock, DualAttention, FinalDecoder
-from .dsdf import DSDFBlock, MSRFSubnetwork
-from .encoder import Encoder, EncoderStage
-from .msrfnet import VARIANTS, MSRFNet, predict_proba
-from .outputs import MSRFOutput
-from .shape_stream import ShapeStream
+from msrfnet.model.decoder import AttentionGate, DecoderBlock, DualAttention, FinalDecoder
+from msrfnet.model.dense import DenseConv2d
+from msrfnet.model.dsdf import DSDFBlock, MSRFSubnetwork
+from msrfnet.model.encoder import Encoder, EncoderStage
+from msrfnet.model.msrfnet import UPSAMPLING, VARIANTS, MSRFNet, predict_proba
+from msrfnet.model.outputs import MSRFOutput
+from msrfnet.model.shape_stream import ShapeStream
 
 __all__ = [
-    "MSRFNet", "MSRFOutput", "predict_proba", "VARIANTS", "Encoder", "EncoderStage", "DSDFBlock",
-    "MSRFSubnetwork", "ShapeStream", "AttentionGate", "DualAttention", "DecoderBlock", "FinalDecoder",
-    "DenseConv2d", "set_memory_efficient",
+    "MSRFNet",
+    "MSRFOutput",
+    "predict_proba",
+    "VARIANTS",
+    "UPSAMPLING",
+    "Encoder",
+    "EncoderStage",
+    "DSDFBlock",
+    "MSRFSubnetwork",
+    "ShapeStream",
+    "AttentionGate",
+    "DualAttention",
+    "DecoderBlock",
+    "FinalDecoder",
+    "DenseConv2d",
 ]

@@ -16,7 +16,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import SameConv2d, SameConvTranspose2d, SqueezeExcite, keras_bn
+from msrfnet.model.layers import SameConv2d, SqueezeExcite, keras_bn
+from msrfnet.model.upsampling import up_conv
+
+__all__ = ["AttentionGate", "DualAttention", "DecoderBlock", "FinalDecoder"]
 
 
 class AttentionGate(nn.Module):
@@ -40,9 +43,9 @@ class DualAttention(nn.Module):
     """Official ``dual_att_blocks``: channel (SE) and spatial attention on the fused features,
     combined as ``(1 + spatial) · channel``."""
 
-    def __init__(self, channels: int, prev_channels: int):
+    def __init__(self, channels: int, prev_channels: int, upsampling: str = "transposed"):
         super().__init__()
-        self.up = SameConvTranspose2d(prev_channels, channels, 4)
+        self.up = up_conv(prev_channels, channels, 4, upsampling)
         self.up_bn = keras_bn(channels)
         self.conv = SameConv2d(2 * channels, channels, 3)
         self.bn = keras_bn(channels)
@@ -60,13 +63,14 @@ class DualAttention(nn.Module):
 
 class DecoderBlock(nn.Module):
     """D2 / D3: ``m = conv1×1([up(prev), gate(skip), dual(skip, prev)])``, then
-    ``m + conv(ReLU(BN(conv(ReLU(BN(m))))))``. Output at the skip's resolution, ``channels`` wide."""
+    ``m + conv(ReLU(BN(conv(ReLU(BN(m))))))``. Output at the skip's resolution, ``channels`` wide.
+    ``upsampling``: the form of the up-convolutions (``model/upsampling.py``)."""
 
-    def __init__(self, channels: int, prev_channels: int):
+    def __init__(self, channels: int, prev_channels: int, upsampling: str = "transposed"):
         super().__init__()
         self.attention = AttentionGate(channels, prev_channels)
-        self.up = SameConvTranspose2d(prev_channels, channels, 1)
-        self.dual = DualAttention(channels, prev_channels)
+        self.up = up_conv(prev_channels, channels, 1, upsampling)
+        self.dual = DualAttention(channels, prev_channels, upsampling)
         self.merge = nn.Conv2d(3 * channels, channels, 1)
         self.res_bn1 = keras_bn(channels)
         self.res_conv1 = SameConv2d(channels, channels, 3)
@@ -74,7 +78,9 @@ class DecoderBlock(nn.Module):
         self.res_conv2 = SameConv2d(channels, channels, 3)
 
     def forward(self, skip: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        m = self.merge(torch.cat([self.up(prev), self.attention(skip, prev), self.dual(skip, prev)], dim=1))
+        m = self.merge(
+            torch.cat([self.up(prev), self.attention(skip, prev), self.dual(skip, prev)], dim=1)
+        )
         r = self.res_conv1(torch.relu(self.res_bn1(m)))
         return m + self.res_conv2(torch.relu(self.res_bn2(r)))
 
@@ -83,9 +89,9 @@ class FinalDecoder(nn.Module):
     """D4 (official decoder C): ``i = ReLU(conv1×1([up4×4(prev), Y1]))``,
     ``r = BN(ReLU(conv3×3(i))) + i``, ``f = ReLU(conv3×3([r, edge]))``."""
 
-    def __init__(self, channels: int = 32, prev_channels: int = 64):
+    def __init__(self, channels: int = 32, prev_channels: int = 64, upsampling: str = "transposed"):
         super().__init__()
-        self.up = SameConvTranspose2d(prev_channels, channels, 4)
+        self.up = up_conv(prev_channels, channels, 4, upsampling)
         self.fuse = nn.Conv2d(2 * channels, channels, 1)
         self.conv = SameConv2d(channels, channels, 3)
         self.bn = keras_bn(channels)

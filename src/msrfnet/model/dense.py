@@ -24,7 +24,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .layers import SameConv2d
+from msrfnet.model.layers import SameConv2d, exporting
+
+__all__ = ["DenseConv2d", "scaled_leaky_residual"]
 
 
 class _ConcatConv(torch.autograd.Function):
@@ -51,8 +53,17 @@ class _ConcatConv(torch.autograd.Function):
         x = torch.cat(parts, dim=1).to(dtype)
         p = ctx.padding
         gx, gw, gb = torch.ops.aten.convolution_backward(
-            grad.to(dtype), x, weight.to(dtype), [weight.shape[0]] if ctx.has_bias else None,
-            [1, 1], [p, p], [1, 1], False, [0, 0], 1, mask,
+            grad.to(dtype),
+            x,
+            weight.to(dtype),
+            [weight.shape[0]] if ctx.has_bias else None,
+            [1, 1],
+            [p, p],
+            [1, 1],
+            False,
+            [0, 0],
+            1,
+            mask,
         )
         del x
         grads_parts: list[torch.Tensor | None] = [None] * len(parts)
@@ -61,7 +72,7 @@ class _ConcatConv(torch.autograd.Function):
             for i, part in enumerate(parts):
                 c = part.shape[1]
                 if ctx.needs_input_grad[3 + i]:
-                    grads_parts[i] = gx[:, start:start + c].to(part.dtype)
+                    grads_parts[i] = gx[:, start : start + c].to(part.dtype)
                 start += c
         gw = None if gw is None else gw.to(weight.dtype)
         gb = None if gb is None else gb.to(weight.dtype)  # bias and weight share a dtype
@@ -71,17 +82,23 @@ class _ConcatConv(torch.autograd.Function):
 class DenseConv2d(SameConv2d):
     """A stride-1 ``SameConv2d`` applied to a list of tensors as if concatenated on channels.
 
-    The same parameters and ``state_dict`` as ``SameConv2d``. When autograd records (training),
-    the concatenation is not kept for the backward pass (see the module docstring); otherwise
-    (inference, tracing for export), or with ``memory_efficient = False``, it is the plain
-    ``conv(cat(parts))``.
+    The same parameters and ``state_dict`` as ``SameConv2d``. With ``memory_efficient`` (chosen
+    at construction, ``MSRFNet(memory_efficient=...)``), while autograd records (training) the
+    concatenation is not kept for the backward pass (see the module docstring); otherwise
+    (inference, export, or ``memory_efficient=False``) it is the plain ``conv(cat(parts))``.
     """
 
-    memory_efficient = True
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        memory_efficient: bool = True,
+    ):
         super().__init__(in_channels, out_channels, kernel_size, stride=1, bias=bias)
         assert self._pad is None  # odd kernel, stride 1: symmetric padding inside the conv
+        self.memory_efficient = memory_efficient
 
     def forward(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
         if not (self.memory_efficient and _recording(self.weight, *parts)):
@@ -90,10 +107,9 @@ class DenseConv2d(SameConv2d):
 
 
 def _recording(*tensors: torch.Tensor) -> bool:
-    return (
-        torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
-    )
+    """Autograd records an op on ``tensors`` and no exporter is recording the graph
+    (``model/layers.py``, "graph capture")."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors) and not exporting()
 
 
 class _ScaledLeakyResidual(torch.autograd.Function):
@@ -119,20 +135,11 @@ class _ScaledLeakyResidual(torch.autograd.Function):
         return gx, gt, None, None
 
 
-def scaled_leaky_residual(x: torch.Tensor, t: torch.Tensor, slope: float, scale: float,
-                          memory_efficient: bool = True) -> torch.Tensor:
+def scaled_leaky_residual(
+    x: torch.Tensor, t: torch.Tensor, slope: float, scale: float, memory_efficient: bool = True
+) -> torch.Tensor:
     """``x + scale · LeakyReLU(t)``; while autograd records (and ``memory_efficient``), only the
     sign of ``t`` is kept for the backward pass, not the activation."""
     if memory_efficient and _recording(x, t):
         return _ScaledLeakyResidual.apply(x, t, slope, scale)
     return x + scale * F.leaky_relu(t, slope)
-
-
-def set_memory_efficient(model: torch.nn.Module, enabled: bool) -> int:
-    """Switch every :class:`DenseConv2d` under ``model`` between the memory-efficient backward and
-    the plain ``conv(cat(parts))`` (the benchmark's baseline, and the tests' reference); returns
-    how many layers were set. The forward value is the same either way."""
-    layers = [m for m in model.modules() if isinstance(m, DenseConv2d)]
-    for m in layers:
-        m.memory_efficient = enabled
-    return len(layers)

@@ -20,8 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dense import DenseConv2d, scaled_leaky_residual
-from .layers import SameConv2d, SameConvTranspose2d
+from msrfnet.config import VARIANTS
+from msrfnet.model.dense import DenseConv2d, scaled_leaky_residual
+from msrfnet.model.layers import SameConv2d, capturing
+from msrfnet.model.upsampling import up_conv
+from msrfnet.options import check, choice
+
+__all__ = ["DSDFBlock", "MSRFSubnetwork", "MSRF_SCHEDULE"]
 
 SLOPE = 0.25  # LeakyReLU slope of the official code
 RESIDUAL_SCALE = 0.4  # the paper's scaling weight w
@@ -38,23 +43,37 @@ class DSDFBlock(nn.Module):
 
     Official-code names: ``high[i]`` = ``x{i+1}``, ``low[i]`` = ``y{i+1}``, ``down[i]`` =
     ``x{i+1}c``, ``up[i]`` = ``y{i+1}t``. ``low[0]`` exists only in the clean variant.
+
+    Implementation options, the same function either way: ``memory_efficient`` (the dense layers
+    and the residual keep less for the backward pass, ``model/dense.py``) and ``upsampling``
+    (the form of ``up``, ``model/upsampling.py``).
     """
 
-    def __init__(self, high_channels: int, low_channels: int, growth: int, variant: str = "official"):
+    def __init__(
+        self,
+        high_channels: int,
+        low_channels: int,
+        growth: int,
+        variant: str = "official",
+        *,
+        memory_efficient: bool = True,
+        upsampling: str = "transposed",
+    ):
         super().__init__()
-        if variant not in _EXCHANGE_SOURCES:
-            raise ValueError(f"variant must be 'official' or 'clean', got {variant!r}")
+        check(choice(VARIANTS), variant, "variant")
         ch, cl, g = high_channels, low_channels, growth
-        self.variant = variant
+        self.variant, self.memory_efficient = variant, memory_efficient
+        dense = lambda cin, cout: DenseConv2d(cin, cout, 3, memory_efficient=memory_efficient)  # noqa: E731
         self.sources = _EXCHANGE_SOURCES[variant]
         official = variant == "official"
         l1 = cl if official else g  # width of the first low-resolution layer's output
 
         self.high = nn.ModuleList(
-            [SameConv2d(ch, g, 3)] + [DenseConv2d(ch + i * g + g, ch if i == 4 else g, 3) for i in range(1, 5)]
+            [SameConv2d(ch, g, 3)]
+            + [dense(ch + i * g + g, ch if i == 4 else g) for i in range(1, 5)]
         )
         low = [nn.Identity() if official else SameConv2d(cl, g, 3)]
-        low += [DenseConv2d(cl + l1 + (i - 1) * g + g, cl if i == 4 else g, 3) for i in range(1, 5)]
+        low += [dense(cl + l1 + (i - 1) * g + g, cl if i == 4 else g) for i in range(1, 5)]
         self.low = nn.ModuleList(low)
 
         def width(stream_first: int, block_in: int, src: int) -> int:
@@ -63,22 +82,23 @@ class DSDFBlock(nn.Module):
         self.down = nn.ModuleList(
             [SameConv2d(width(g, ch, s), g, 3, stride=2) for s in self.sources]
         )
-        self.up = nn.ModuleList(
-            [SameConvTranspose2d(width(l1, cl, s), g, 3) for s in self.sources]
-        )
+        self.up = nn.ModuleList([up_conv(width(l1, cl, s), g, 3, upsampling) for s in self.sources])
 
-    def forward(self, x_high: torch.Tensor, x_low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x_high: torch.Tensor, x_low: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         act = lambda t: F.leaky_relu(t, SLOPE)  # noqa: E731
         # in place on a fresh conv output: LeakyReLU (slope > 0) backpropagates from its result,
         # so the pre-activation is not kept as well (half the memory of each layer)
         act_ = lambda t: F.leaky_relu(t, SLOPE, inplace=True)  # noqa: E731
-        # U's output can be a view (the crop of a transposed conv, the sub-pixel shuffle); in place
-        # on a view, torch.export guards the batch size (≤ 2), so graph capture keeps it out of place
-        capturing = torch.compiler.is_compiling() or torch.jit.is_tracing()
-        act_u = act if capturing else act_
+        # U's output can be a view: in place only when no graph is captured (model/layers.py)
+        act_u = act if capturing() else act_
         hs = [x_high, act_(self.high[0](x_high))]
         # official: LeakyReLU of the block input itself (#15), not in place
-        ls = [x_low, act(x_low) if isinstance(self.low[0], nn.Identity) else act_(self.low[0](x_low))]
+        ls = [
+            x_low,
+            act(x_low) if isinstance(self.low[0], nn.Identity) else act_(self.low[0](x_low)),
+        ]
         for i in range(1, 5):
             s = self.sources[i - 1]
             d = act_(self.down[i - 1](hs[s]))
@@ -88,8 +108,8 @@ class DSDFBlock(nn.Module):
             if i < 4:
                 hs.append(act_(m_h))
                 ls.append(act_(m_l))
-        # the fifth layers (m_h, m_l before their LeakyReLU) feed only the residual X + 0.4·LReLU(M5)
-        efficient = self.high[4].memory_efficient
+        # the fifth layers (m_h, m_l before LeakyReLU) feed only the residual X + 0.4·LReLU(M5)
+        efficient = self.memory_efficient
         out_h = scaled_leaky_residual(x_high, m_h, SLOPE, RESIDUAL_SCALE, efficient)
         out_l = scaled_leaky_residual(x_low, m_l, SLOPE, RESIDUAL_SCALE, efficient)
         return out_h, out_l
@@ -100,11 +120,22 @@ class MSRFSubnetwork(nn.Module):
     ``Y_s = E_s + 0.4·X_s`` (the official HEAD wires blocks 9/10 wrongly, #27; the paper's order
     is used, as in every earlier version of the code)."""
 
-    def __init__(self, channels: tuple[int, ...] = (32, 64, 128, 256), variant: str = "official"):
+    def __init__(
+        self,
+        channels: tuple[int, ...] = (32, 64, 128, 256),
+        variant: str = "official",
+        *,
+        memory_efficient: bool = True,
+        upsampling: str = "transposed",
+    ):
         super().__init__()
         self.schedule = MSRF_SCHEDULE
+        options = dict(memory_efficient=memory_efficient, upsampling=upsampling)
         self.blocks = nn.ModuleList(
-            [DSDFBlock(channels[h], channels[l_], channels[h] // 2, variant) for h, l_ in self.schedule]
+            [
+                DSDFBlock(channels[h], channels[l_], channels[h] // 2, variant, **options)
+                for h, l_ in self.schedule
+            ]
         )
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import SameConv2d, SqueezeExcite, keras_bn
+from msrfnet.model.layers import SameConv2d, SqueezeExcite, keras_bn
+
+__all__ = ["ENCODER_CHANNELS", "EncoderStage", "Encoder"]
 
 ENCODER_CHANNELS = (32, 64, 128, 256)
 
@@ -36,7 +38,12 @@ class EncoderStage(nn.Module):
 class Encoder(nn.Module):
     """E1–E4: returns the four feature maps at 1, 1/2, 1/4 and 1/8 of the input size."""
 
-    def __init__(self, in_channels: int = 3, channels: tuple[int, ...] = ENCODER_CHANNELS, dropout: float = 0.2):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        channels: tuple[int, ...] = ENCODER_CHANNELS,
+        dropout: float = 0.2,
+    ):
         super().__init__()
         c1, c2, c3, c4 = channels
         self.e1 = EncoderStage(in_channels, c1)

@@ -3,7 +3,7 @@
 The original MSRF-Net is a Keras 2.3.1 / TF 2.2 model. A handful of its operations differ from
 PyTorch's look-alikes by a shift or an interpolation rule, and each difference changes the function
 (spec §1.8 of ``msrf-net-original.md``). They live here, each small and tested on its own
-(``tests/test_layers.py``), so that the model files read like the paper.
+(``tests/model/test_layers.py``), so that the model files read like the paper.
 """
 
 from __future__ import annotations
@@ -13,6 +13,22 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+__all__ = [
+    "KERAS_BN_EPS",
+    "KERAS_BN_MOMENTUM",
+    "keras_bn",
+    "SameConv2d",
+    "SameConvTranspose2d",
+    "legacy_bilinear_upsample",
+    "LegacyUpsample",
+    "SqueezeExcite",
+    "exporting",
+    "capturing",
+    "glorot_uniform_",
+    "he_normal_",
+    "keras_init_",
+]
 
 #: Keras ``BatchNormalization`` defaults: epsilon 1e-3 and momentum 0.99 (torch counts momentum
 #: the other way round: new = (1 - m) * old + m * batch, so 0.99 becomes 0.01).
@@ -34,15 +50,26 @@ class SameConv2d(nn.Conv2d):
     result by one pixel (a max difference of ~19 on random data).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        bias: bool = True,
+    ):
         # For an input size divisible by the stride (the model guarantees it: sizes are multiples of
         # 8) TF's total padding is max(k - s, 0) whatever the size, so it is static; the odd pixel
         # goes bottom/right. A symmetric pad is left to the conv kernel itself (no extra copy).
         total = max(kernel_size - stride, 0)
         before, after = total // 2, total - total // 2
         super().__init__(
-            in_channels, out_channels, kernel_size, stride=stride,
-            padding=before if before == after else 0, bias=bias,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=before if before == after else 0,
+            bias=bias,
         )
         self._pad = None if before == after else (before, after, before, after)
 
@@ -64,15 +91,27 @@ class SameConvTranspose2d(nn.ConvTranspose2d):
       positions, the bias alone at odd ones (official ``Up3``, issue #23).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2, bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 2,
+        bias: bool = True,
+    ):
         total = kernel_size - stride
         if total >= 0:
             padding, output_padding = total // 2, 0
         else:
             padding, output_padding = 0, -total
         super().__init__(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-            output_padding=output_padding, bias=bias,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            output_padding=output_padding,
+            bias=bias,
         )
         # an odd total leaves one extra row/column that TF takes from the end
         self._crop = total >= 0 and total % 2 == 1
@@ -100,12 +139,14 @@ def legacy_bilinear_upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     # whose backward trips torch.compile's stride checks with channels_last inputs
     xp = torch.cat([x, x[..., -1:, :]], dim=-2)
     xp = torch.cat([xp, xp[..., -1:]], dim=-1)
-    y = F.interpolate(xp, size=(h * factor + 1, w * factor + 1), mode="bilinear", align_corners=True)
+    y = F.interpolate(
+        xp, size=(h * factor + 1, w * factor + 1), mode="bilinear", align_corners=True
+    )
     return y[..., : h * factor, : w * factor]
 
 
 class LegacyUpsample(nn.Module):
-    """Module form of :func:`legacy_bilinear_upsample` (Keras ``UpSampling2D(size=f, 'bilinear')``)."""
+    """:func:`legacy_bilinear_upsample` as a module (Keras ``UpSampling2D(size=f, 'bilinear')``)."""
 
     def __init__(self, factor: int):
         super().__init__()
@@ -131,6 +172,30 @@ class SqueezeExcite(nn.Module):
         s = x.mean(dim=(2, 3))
         s = torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
         return x * s[:, :, None, None]
+
+
+# --- graph capture -----------------------------------------------------------------------------
+# The model computes one function however it is run. What depends on a graph being recorded
+# instead of run is decided here, and only here:
+#
+# * while :func:`exporting` (TorchScript tracing or scripting, the ONNX exporter), the memory-saving
+#   autograd Functions of ``model/dense.py`` have no graph form, so the dense layers run as the
+#   plain ``conv(cat(parts))`` (the same values; the saving only matters for training);
+# * while :func:`capturing` (any of those, or torch.compile / torch.export tracing with dynamo),
+#   shapes are symbolic, so :class:`~msrfnet.model.MSRFNet` does not check the input size itself,
+#   and the DSDF blocks apply LeakyReLU out of place to their up-exchange's output, which can be a
+#   view (a crop or a pixel shuffle): in place on a view, torch.export guards the batch size (≤ 2).
+
+
+def exporting() -> bool:
+    """True while TorchScript tracing/scripting or the ONNX exporter records the model."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
+def capturing() -> bool:
+    """True while any graph capture records the model: :func:`exporting`, torch.compile or
+    torch.export."""
+    return exporting() or torch.compiler.is_compiling()
 
 
 # --- Keras initialisers ------------------------------------------------------------------------

@@ -6,7 +6,9 @@ from typing import NamedTuple
 
 import torch
 
-from .layers import legacy_bilinear_upsample
+from msrfnet.model.layers import legacy_bilinear_upsample
+
+__all__ = ["MSRFOutput"]
 
 
 class MSRFOutput(NamedTuple):

@@ -1,4 +1,4 @@
-"""Gated shape stream and image-gradient fusion (paper Fig. 2, "Shape stream"; official ``model.py``).
+"""Gated shape stream and image-gradient fusion (paper Fig. 2 "Shape stream"; official model.py).
 
 Follows Gated-SCNN (Takikawa et al., ICCV 2019) as the official code implements it, which departs
 from the figure and from Gated-SCNN in ways that change the function (spec §1.5, kept here):
@@ -18,7 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import SameConv2d, keras_bn, legacy_bilinear_upsample
+from msrfnet.model.layers import SameConv2d, keras_bn, legacy_bilinear_upsample
+
+__all__ = ["GatedConv", "ShapeResBlock", "EdgeFusion", "ShapeStream"]
 
 
 def _conv1x1(cin: int, cout: int) -> nn.Conv2d:
@@ -68,7 +70,7 @@ class EdgeFusion(nn.Module):
 
 
 class ShapeStream(nn.Module):
-    """Y2, Y3, Y4 (+ the image's Canny map) → (boundary logits, fused edge feature), both full size."""
+    """Y2, Y3, Y4 (+ the image's Canny map) → (boundary logits, fused edge feature), full size."""
 
     def __init__(self, channels: tuple[int, ...] = (32, 64, 128, 256)):
         super().__init__()

@@ -1,0 +1,255 @@
+"""``msrf test``, ``msrf predict`` and ``msrf evaluate``: the inference commands, thin layers over
+:mod:`msrfnet.inference` (whose :class:`~msrfnet.inference.segmenter.Segmenter` runs the model)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from msrfnet import options as opt
+from msrfnet.cli.flags import add_device_flags, add_instance_flags, add_tiling_flags
+
+__all__ = [
+    "add_test",
+    "add_predict",
+    "add_evaluate",
+    "cmd_test",
+    "cmd_predict",
+    "cmd_evaluate",
+]
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from msrfnet.inference.evaluate import run_test
+
+    run_test(
+        data=args.data,
+        weights=args.weights,
+        image_size=args.image_size,
+        out=args.out,
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        exact=args.exact,
+        onnx=args.onnx,
+        pt2=args.pt2,
+        overwrite=args.overwrite,
+        instances=args.instances,
+        instances_gt=args.instances_gt,
+        min_size=args.min_size,
+        seed_distance=args.seed_distance,
+        mask_suffix=args.mask_suffix,
+        tile=args.tile,
+        overlap=args.overlap,
+        scale=args.scale,
+        device=args.device,
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Exit 1 when unreadable inputs were skipped but others written, 2 when nothing was."""
+    from msrfnet.inference.predict import SkippedInputs, run_predict
+
+    try:
+        run_predict(
+            args.inputs,
+            weights=args.weights,
+            onnx=args.onnx,
+            out=args.out,
+            overlay=args.overlay,
+            probabilities=args.probabilities,
+            tta=args.tta,
+            threshold=args.threshold,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            exact=args.exact,
+            pt2=args.pt2,
+            overwrite=args.overwrite,
+            skip_existing=args.skip_existing,
+            strict=args.strict,
+            instances=args.instances,
+            min_size=args.min_size,
+            seed_distance=args.seed_distance,
+            recursive=args.recursive,
+            tile=args.tile,
+            overlap=args.overlap,
+            scale=args.scale,
+            device=args.device,
+        )
+    except SkippedInputs as e:
+        if not e.written:
+            raise
+        print(f"msrf predict: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from msrfnet.inference.score import run_evaluate
+
+    run_evaluate(
+        args.pred,
+        args.gt,
+        out=args.out,
+        images=args.images,
+        instances=args.instances,
+        min_size=args.min_size,
+        seed_distance=args.seed_distance,
+        threshold=args.threshold,
+        mask_suffix=args.mask_suffix,
+        mask_threshold=args.mask_threshold,
+        overwrite=args.overwrite,
+    )
+    return 0
+
+
+def add_test(sub) -> None:
+    """The ``test`` subcommand."""
+    t = sub.add_parser("test", help="metrics on a dataset's test split, tables and overlays")
+    t.add_argument("--data", help="dataset folder (default: ./data/kdsb, else the bundled sample)")
+    t.add_argument(
+        "--weights",
+        help="run folder, .safetensors or .ckpt (default: the newest run in ./runs, else the "
+        "shipped weights)",
+    )
+    t.add_argument(
+        "--image-size", type=opt.image_size, help="model input size (default: from the checkpoint)"
+    )
+    t.add_argument(
+        "--onnx", help="evaluate this exported ONNX model (float32 or --int8) through onnxruntime"
+    )
+    t.add_argument(
+        "--pt2",
+        help="evaluate this int8 package of msrf export --int8 --out X.pt2 "
+        "(torchao + AOTInductor, CPU)",
+    )
+    t.add_argument("--out", help="output folder (default: <run>/test or ./msrf-test)")
+    t.add_argument("--batch-size", type=opt.positive_int, default=8)
+    t.add_argument("--threshold", type=opt.probability, default=0.5)
+    add_device_flags(t)
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of an earlier msrf test in --out",
+    )
+    add_instance_flags(
+        t,
+        "also report object metrics (2018 DSB mean AP over IoU 0.5:0.95, F1 at IoU 0.5, count "
+        "error): each probability map at original resolution split into objects, against the "
+        "label images of --instances-gt",
+    )
+    t.add_argument(
+        "--instances-gt",
+        metavar="DIR",
+        help="--instances: instance label images paired with the test images by stem "
+        "(0 = background, one value per object; e.g. kdsb-instances/test)",
+    )
+    t.add_argument(
+        "--mask-suffix",
+        type=opt.name_suffix,
+        help="masks are named <image stem><suffix> (default: the checkpoint's, usually none)",
+    )
+    add_tiling_flags(t)
+    t.set_defaults(func=cmd_test)
+
+
+def add_predict(sub) -> None:
+    """The ``predict`` subcommand."""
+    t = sub.add_parser("predict", help="masks for image files or folders, at their original size")
+    t.add_argument("inputs", nargs="+", help="image files or folders")
+    t.add_argument(
+        "--weights", help="run folder, .safetensors or .ckpt (default: the shipped weights)"
+    )
+    t.add_argument(
+        "--onnx", help="predict with this ONNX model through onnxruntime instead of PyTorch"
+    )
+    t.add_argument(
+        "--pt2",
+        help="predict with this int8 package of msrf export --int8 --out X.pt2 "
+        "(torchao + AOTInductor, CPU)",
+    )
+    t.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    t.add_argument("--overlay", action="store_true", help="also write image | mask overlays")
+    t.add_argument(
+        "--probabilities", action="store_true", help="also write probability maps (16-bit PNG)"
+    )
+    t.add_argument("--tta", action="store_true", help="average over horizontal/vertical flips")
+    t.add_argument("--threshold", type=opt.probability, default=0.5)
+    t.add_argument("--batch-size", type=opt.positive_int, default=8)
+    t.add_argument(
+        "--image-size", type=opt.image_size, help="model input size (default: from the checkpoint)"
+    )
+    add_device_flags(t)
+    again = t.add_mutually_exclusive_group()
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of an earlier msrf predict in --out (only those)",
+    )
+    again.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="resume: keep the images whose outputs an earlier msrf predict wrote",
+    )
+    t.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first unreadable image (default: name it, skip it, exit 1)",
+    )
+    t.add_argument(
+        "--recursive",
+        action="store_true",
+        help="read folders with their sub-folders (hidden ones skipped); the outputs mirror the "
+        "tree (in/plate1/A01.png -> OUT/plate1/A01.png). Default: only the files directly inside",
+    )
+    add_instance_flags(t)
+    add_tiling_flags(t)
+    t.set_defaults(func=cmd_predict)
+
+
+def add_evaluate(sub) -> None:
+    """The ``evaluate`` subcommand."""
+    from msrfnet.inference.score import DEFAULT_OUT as EVALUATE_OUT
+
+    t = sub.add_parser(
+        "evaluate",
+        help="score any predictions against any ground truth (folders or files, paired by stem)",
+        description="Pixel metrics of msrf test at each image's own size, per-image CSV, summary "
+        "JSON; object metrics (2018 DSB mean AP over IoU 0.5:0.95, F1 at IoU 0.5, count error) "
+        "when GT holds label images and the predictions have labels or --instances is given. "
+        "An msrf predict output folder works as PRED (<stem>_labels.tif, <stem>_prob.png).",
+    )
+    t.add_argument("pred", help="predictions: a folder (or one file)")
+    t.add_argument("gt", help="ground truth: a folder (or one file) of masks or label images")
+    t.add_argument(
+        "--out", default=str(EVALUATE_OUT), help=f"output folder (default: {EVALUATE_OUT})"
+    )
+    t.add_argument("--images", help="the images (paired by stem), for best/worst overlays")
+    t.add_argument(
+        "--threshold",
+        type=opt.probability,
+        default=0.5,
+        help="for probability maps (<stem>_prob.png, float TIFFs): foreground = p ≥ T "
+        "(default 0.5)",
+    )
+    t.add_argument(
+        "--mask-suffix",
+        type=opt.name_suffix,
+        default="",
+        help="GT stems end with this (ISIC: --mask-suffix _segmentation pairs a.png with "
+        "a_segmentation.png)",
+    )
+    t.add_argument(
+        "--mask-threshold",
+        type=opt.finite_float,
+        help="foreground = mask value > T (for label-map masks read as binary)",
+    )
+    t.add_argument(
+        "--overwrite", action="store_true", help="replace the outputs of an earlier msrf evaluate"
+    )
+    add_instance_flags(
+        t,
+        "split predictions without labels into objects (GT must be label images); "
+        "--min-size, --seed-distance as msrf predict",
+    )
+    t.set_defaults(func=cmd_evaluate)

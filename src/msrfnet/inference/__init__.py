@@ -1,0 +1,5 @@
+"""Applying a trained model: ``Segmenter`` (any image in, mask at its size out; the one path the
+commands use), the runners and ``msrf predict`` (``predict``), ``msrf test`` (``evaluate``) and
+objects from masks (``instances``)."""
+
+__all__: list[str] = []  # the modules are the API: runners, segmenter, predict, evaluate, …

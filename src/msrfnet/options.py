@@ -1,0 +1,377 @@
+"""The rules an option's value must follow: one function per rule, used in three places.
+
+- ``argparse`` ``type=``: a bad value stops the parse with ``msrf train: error: argument --epochs:
+  must be a positive integer, got '0'`` (exit 2), before anything runs;
+- :meth:`msrfnet.config.Config.validate`: the same rules for the Python API and for a run's
+  ``config.yaml`` (which may have been edited by hand);
+- ``msrf train`` against the machine (:func:`check_devices`, :func:`check_training_memory`),
+  before a run folder is created.
+
+A rule takes the value (a string from the command line, or a parsed value from a config) and returns
+it converted, or raises :class:`argparse.ArgumentTypeError` with a message that does not repeat
+the option's name (argparse and ``Config.validate`` prefix it). Light imports only: ``msrf --help``
+loads this module.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from argparse import ArgumentTypeError
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from msrfnet.errors import MSRFError
+
+__all__ = [
+    "GIB_PER_256_IMAGE",
+    "positive_int",
+    "nonnegative_int",
+    "seed",
+    "finite_float",
+    "positive_float",
+    "scale",
+    "overlap",
+    "probability",
+    "SIZE_MULTIPLE",
+    "image_size",
+    "check",
+    "check_image_size",
+    "check_input_size",
+    "check_threshold",
+    "choice",
+    "devices",
+    "run_name",
+    "text",
+    "name_suffix",
+    "path_text",
+    "mapping",
+    "boolean",
+    "optional",
+    "check_devices",
+    "training_memory_gib",
+    "check_training_memory",
+]
+
+#: Activation memory autograd keeps per training image at 256², by bytes per value of the
+#: precision: 0.378 GiB in bf16 autocast (docs/PERFORMANCE.md, "Training memory"), 0.737 GiB in
+#: float32 (the same measurement, ``bench_timing.saved_activation_gib`` at 64² scaled by 16).
+GIB_PER_256_IMAGE = {2: 0.38, 4: 0.74, 8: 1.48}
+
+
+def _number(value: Any, kind: type) -> int | float:
+    """``value`` as an int or float; bools and, for ints, fractional numbers are refused."""
+    if isinstance(value, bool):
+        raise ArgumentTypeError(f"must be a number, got {value!r}")
+    if kind is int and isinstance(value, float):
+        if not value.is_integer():
+            raise ArgumentTypeError(f"must be a whole number, got {value!r}")
+        return int(value)
+    if isinstance(value, (int, float)):
+        return kind(value)
+    try:
+        return kind(str(value).strip())
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number"
+        raise ArgumentTypeError(f"must be {noun}, got {value!r}") from None
+
+
+def positive_int(value: Any) -> int:
+    """A count: 1, 2, …"""
+    n = _number(value, int)
+    if n < 1:
+        raise ArgumentTypeError(f"must be a positive whole number, got {value!r}")
+    return n
+
+
+def nonnegative_int(value: Any) -> int:
+    """0, 1, 2, … (worker processes, Canny thresholds)."""
+    n = _number(value, int)
+    if n < 0:
+        raise ArgumentTypeError(f"must be 0 or more, got {value!r}")
+    return n
+
+
+def seed(value: Any) -> int:
+    """A random seed: 0 … 2³²−1 (the range every library's generator accepts)."""
+    n = _number(value, int)
+    if not 0 <= n < 2**32:
+        raise ArgumentTypeError(f"must be between 0 and {2**32 - 1}, got {value!r}")
+    return n
+
+
+def finite_float(value: Any) -> float:
+    """A real number (not NaN or infinite)."""
+    x = _number(value, float)
+    if not math.isfinite(x):
+        raise ArgumentTypeError(f"must be a finite number, got {value!r}")
+    return x
+
+
+def positive_float(value: Any) -> float:
+    """A finite number above 0 (learning rate, minutes)."""
+    x = finite_float(value)
+    if x <= 0:
+        raise ArgumentTypeError(f"must be a finite number above 0, got {value!r}")
+    return x
+
+
+def scale(value: Any) -> float:
+    """A resampling factor: a finite number above 0 and at most 16 (0.5 halves the sides)."""
+    x = positive_float(value)
+    if x > 16:
+        raise ArgumentTypeError(
+            f"must be a resampling factor above 0 and at most 16, got {value!r}"
+        )
+    return x
+
+
+def overlap(value: Any) -> float:
+    """The share of a tile's side that neighbouring tiles share: a number in [0, 0.9]."""
+    x = finite_float(value)
+    if not 0.0 <= x <= 0.9:
+        raise ArgumentTypeError(f"must lie in [0, 0.9] (0.25 is the usual choice), got {value!r}")
+    return x
+
+
+def probability(value: Any) -> float:
+    """A finite number in [0, 1] (a probability threshold)."""
+    x = finite_float(value)
+    if not 0.0 <= x <= 1.0:
+        raise ArgumentTypeError(f"must lie in [0, 1] (a probability), got {value!r}")
+    return x
+
+
+#: The encoder halves its input three times, so a model input's height and width are positive
+#: multiples of 8: the one size rule, for options (:func:`image_size`) and tensors
+#: (:func:`check_input_size`).
+SIZE_MULTIPLE = 8
+
+
+def _valid_sizes_near(size: int) -> str:
+    """The valid sizes next to ``size``: ``"56 or 64"`` for 60, ``"8"`` below 8."""
+    below = size // SIZE_MULTIPLE * SIZE_MULTIPLE
+    return f"{below} or {below + SIZE_MULTIPLE}" if below >= SIZE_MULTIPLE else str(SIZE_MULTIPLE)
+
+
+def _valid_size(size: int) -> bool:
+    return size >= SIZE_MULTIPLE and size % SIZE_MULTIPLE == 0
+
+
+def image_size(value: Any) -> int:
+    """The model's input size: a positive multiple of 8 (the encoder halves it three times)."""
+    size = _number(value, int)
+    if not _valid_size(size):
+        raise ArgumentTypeError(
+            "must be a positive multiple of 8 (the encoder halves it 3 times); "
+            f"try {_valid_sizes_near(size)}"
+        )
+    return size
+
+
+def check(rule: Callable[[Any], Any], value: Any, what: str) -> Any:
+    """``rule(value)`` for the Python API: a broken rule raises :class:`MSRFError` ``"what: why"``
+    (the command line gets argparse's error from the same rule)."""
+    try:
+        return rule(value)
+    except ArgumentTypeError as e:
+        raise MSRFError(f"{what}: {e}") from None
+
+
+def check_image_size(size: Any, what: str = "image_size") -> int:
+    """:func:`image_size` raising :class:`MSRFError` that names ``what`` (for the Python API)."""
+    return check(image_size, size, f"{what} {size}")
+
+
+def check_input_size(height: int, width: int) -> None:
+    """The size rule for a model input's height and width: :class:`MSRFError` naming the nearest
+    valid sizes of each side that breaks it."""
+    bad = [(n, s) for n, s in (("height", height), ("width", width)) if not _valid_size(s)]
+    if bad:
+        hints = ", ".join(f"{n} {s} → {_valid_sizes_near(s)}" for n, s in bad)
+        raise MSRFError(
+            "MSRF-Net needs input height and width that are multiples of 8 (three 2× poolings); "
+            f"got {height}×{width}: {hints}"
+        )
+
+
+def check_threshold(threshold: Any) -> float:
+    """:func:`probability` for a mask threshold given to the Python API (:class:`MSRFError`)."""
+    return check(probability, threshold, f"threshold {threshold}")
+
+
+def choice(values: Sequence[str]) -> Callable[[Any], str]:
+    """A rule accepting exactly one of ``values`` (an enumerated option)."""
+
+    def rule(value: Any) -> str:
+        if not isinstance(value, str) or value not in values:
+            raise ArgumentTypeError(f"must be one of {', '.join(values)}, got {value!r}")
+        return value
+
+    rule.__name__ = "one of " + ", ".join(values)  # argparse names the type in some messages
+    return rule
+
+
+def devices(value: Any) -> str:
+    """``auto``, a count (``-1``: all), or a comma-separated list of device indices like ``0,1``."""
+    text = str(value).strip()
+    if text in ("auto", "-1") or (text.isdigit() and int(text) > 0):
+        return text
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if "," in text and parts and all(p.isdigit() for p in parts):
+        return ",".join(parts)
+    raise ArgumentTypeError(
+        f"must be auto, a positive count, -1 (all) or a list like 0,1; got {value!r}"
+    )
+
+
+def run_name(value: Any) -> str:
+    """A run folder's name: one path component (no ``/``), not ``.`` or ``..``."""
+    text = str(value)
+    separators = [os.sep] + ([os.altsep] if os.altsep else [])
+    if not text.strip() or text in (".", "..") or any(sep in text for sep in separators):
+        raise ArgumentTypeError(f"must be a folder name (no {os.sep}, not . or ..), got {value!r}")
+    return text
+
+
+def text(value: Any) -> str:
+    """A non-empty string (an open-ended option such as ``--strategy``)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ArgumentTypeError(f"must be a non-empty text, got {value!r}")
+    return value
+
+
+def name_suffix(value: Any) -> str:
+    """The end of a file stem (``--mask-suffix _segmentation``): any text without a path
+    separator; empty for none."""
+    if not isinstance(value, str) or "/" in value or "\\" in value:
+        raise ArgumentTypeError(f"must be the end of a file name (no / or \\), got {value!r}")
+    return value
+
+
+def path_text(value: Any) -> str:
+    """A file or folder path (a string or a :class:`~pathlib.Path`), as a string."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return text(value)
+
+
+def mapping(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise ArgumentTypeError(f"must be a mapping, got {value!r}")
+    return value
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"must be true or false, got {value!r}")
+    return value
+
+
+def optional(rule: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``rule``, or ``None`` (a config field left at its automatic default)."""
+    return lambda value: None if value is None else rule(value)
+
+
+# --- the machine -------------------------------------------------------------------------------
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def check_devices(spec: str) -> int:
+    """Refuse ``--devices`` above what this machine has; returns the number of local processes.
+
+    With a GPU, a count or index must exist among ``torch.cuda.device_count()``; without one,
+    Lightning runs one process per device on the CPU, so a count is bounded by the CPU cores.
+    """
+    import torch
+
+    spec = devices(spec)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if spec == "auto":
+        return max(1, gpus)
+    if spec == "-1" and not gpus:
+        raise MSRFError("--devices -1 (all GPUs): this machine has none; on the CPU give a count")
+    if spec == "-1":
+        return gpus
+    if "," in spec:
+        index = [int(s) for s in spec.split(",")]
+        if not gpus:
+            raise MSRFError(
+                f"--devices {spec}: device indices name GPUs, and this machine has "
+                "none (on the CPU give a count, e.g. --devices 1)"
+            )
+        if max(index) >= gpus:
+            raise MSRFError(
+                f"--devices {spec}: this machine has {gpus} GPU(s), indices 0 to {gpus - 1}"
+            )
+        return len(index)
+    n = int(spec)
+    have, what = (gpus, "GPU(s)") if gpus else (_cpu_count(), "CPU core(s) and no GPU")
+    if n > have:
+        raise MSRFError(f"--devices {n}: this machine has {have} {what}")
+    return n
+
+
+def _available_ram() -> tuple[int, str]:
+    """Bytes of memory this process can still get: MemAvailable, capped by a cgroup v2 limit."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if avail is None:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            if int(limit) - used < avail:
+                return max(0, int(limit) - used), "available under this container's memory limit"
+    except (OSError, ValueError):
+        pass
+    return avail, "of RAM available"
+
+
+def training_memory_gib(size: int, batch: int, precision: str) -> float:
+    """Activation memory of one training step on one device: :data:`GIB_PER_256_IMAGE` scaled by
+    pixels and batch size (the weights and Adam's state, ~0.3 GiB, come on top)."""
+    width = 8 if precision.startswith("64") else 4 if precision.startswith("32") else 2
+    return GIB_PER_256_IMAGE[width] * (size / 256) ** 2 * batch
+
+
+def check_training_memory(
+    size: int, batch: int, precision: str, processes: int = 1, strategy: str = "auto"
+) -> float:
+    """Refuse an ``--image-size``/``--batch-size`` whose training needs more memory than this
+    machine has (per GPU, or the RAM shared by ``processes`` CPU processes); returns the
+    estimate."""
+    import torch
+
+    need = training_memory_gib(size, batch, precision)
+    per = (
+        f"about {need:.2f} GiB of activations per step ({batch} image(s) of {size}², "
+        f"precision {precision})"
+    )
+    if torch.cuda.is_available():
+        if "fork" in strategy or "notebook" in strategy:
+            return need  # querying the GPU here would initialise CUDA before the fork
+        gpus = range(torch.cuda.device_count())
+        have = min(torch.cuda.get_device_properties(i).total_memory for i in gpus)
+        where, total = "of GPU memory", need
+    else:
+        have, where = _available_ram()
+        total = need * processes
+        per += f" × {processes} processes" if processes > 1 else ""
+    if total * 2**30 > have:
+        raise MSRFError(
+            f"--image-size {size}: training needs {per}, more than the "
+            f"{have / 2**30:.1f} GiB {where}; lower --image-size or --batch-size"
+        )
+    return need

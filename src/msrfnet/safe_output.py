@@ -1,0 +1,274 @@
+"""Where ``msrf predict``, ``msrf test`` and ``msrf export`` may write, and how: the one place for
+the rules that keep a user's files safe (docs/SAFETY.md).
+
+* **Never among the inputs.** An output folder that is, or lies inside, an input folder is refused
+  (:func:`refuse_inside_inputs`).
+* **Never over a file msrf did not write.** Each output folder keeps a manifest,
+  ``.msrf-manifest.jsonl``: one JSON line per file msrf wrote there (its path relative to the
+  folder, its SHA-256, the command, the time). An existing file may be replaced only when its
+  current content is one msrf wrote under that name (a user's file, or a user's edit of an output,
+  is never replaced), and only when the run asked for it (``--overwrite``); ``--skip-existing``
+  (predict) keeps such files instead. An export's single file gets the manifest of its folder.
+* **Never a truncated file.** Every output goes to a temporary name in its folder and is renamed
+  onto its own name (:func:`msrfnet.weights.checkpoint.atomic_write`). The manifest line is appended
+  just before the rename, so a file in place is always listed; an I/O error removes the temporary
+  file and becomes one line naming the path and the cause (:func:`io_error`).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from msrfnet.errors import MSRFError
+
+__all__ = [
+    "MANIFEST",
+    "describe_os_error",
+    "io_error",
+    "refuse_inside_inputs",
+    "OutputFolder",
+    "atomic_write",
+    "write_data",
+    "file_target",
+]
+
+MANIFEST = ".msrf-manifest.jsonl"
+
+
+def describe_os_error(error: OSError) -> str:
+    """The cause of an I/O error in words: ``no space left on device``, ``permission denied``…"""
+    if error.errno == errno.ENOSPC:
+        return "no space left on device"
+    text = error.strerror or (os.strerror(error.errno) if error.errno else str(error))
+    return (text or type(error).__name__).strip().lower()
+
+
+def io_error(path: str | Path, error: OSError, what: str = "cannot write") -> MSRFError:
+    """A one-line :class:`MSRFError` for a failed write: ``path: cannot write (cause)``."""
+    return MSRFError(f"{path}: {what} ({describe_os_error(error)})")
+
+
+def refuse_inside_inputs(out: str | Path, inputs: Iterable[str | Path], option: str = "--out"):
+    """Raise when the folder ``out`` is, or lies inside, one of the ``inputs`` folders."""
+    target = Path(out).expanduser().resolve()
+    for folder in inputs:
+        source = Path(folder).expanduser().resolve()
+        if target == source or target.is_relative_to(source):
+            where = "is the input folder" if target == source else "lies inside the input folder"
+            raise MSRFError(
+                f"{option} {out}: {where} {folder}; msrf never writes among its "
+                "inputs, choose a folder outside it"
+            )
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class OutputFolder:
+    """An output folder: which of its files msrf wrote (the manifest), and the safe writers.
+
+    ``command`` is recorded with each file; ``overwrite`` allows replacing earlier msrf outputs;
+    ``resumable`` names ``--skip-existing`` in refusals. The folder is created at the first write.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        command: str,
+        *,
+        overwrite: bool = False,
+        option: str = "--out",
+        resumable: bool = False,
+    ):
+        self.root = Path(root)
+        self.command = command
+        self.overwrite = overwrite
+        self.option = option
+        self.resumable = resumable
+        if self.root.exists() and not self.root.is_dir():
+            raise MSRFError(f"{option} {self.root}: exists and is not a folder")
+        self._known: dict[str, set[str]] | None = None
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    def _records(self) -> dict[str, set[str]]:
+        """name → the SHA-256 of every content msrf wrote under that name (torn lines ignored)."""
+        if self._known is None:
+            self._known = {}
+            try:
+                text = self.manifest.read_text(encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                text = ""
+            except OSError as e:
+                raise io_error(self.manifest, e, "cannot read") from e
+            for line in text.splitlines():
+                try:
+                    record = json.loads(line)
+                    self._known.setdefault(str(record["file"]), set()).add(str(record["sha256"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a crash or a full disk
+        return self._known
+
+    def state(self, name: str) -> str:
+        """``absent``, ``ours`` (content msrf wrote under this name) or ``foreign``."""
+        path = self.root / name
+        if not path.exists() and not path.is_symlink():
+            return "absent"
+        if path.is_symlink() or not path.is_file():
+            return "foreign"
+        hashes = self._records().get(name)
+        try:
+            return "ours" if hashes and _sha256(path) in hashes else "foreign"
+        except OSError as e:
+            raise io_error(path, e, "cannot read") from e
+
+    def _refusal(self, name: str, state: str) -> MSRFError:
+        path = self.root / name
+        if state == "foreign":
+            kind = "a folder" if path.is_dir() else "a file msrf did not write (or changed since)"
+            return MSRFError(
+                f"{path}: exists and is {kind}; refusing to replace it: choose "
+                f"another {self.option} or move it away"
+            )
+        flags = "--overwrite to replace" + (" or --skip-existing to keep" if self.resumable else "")
+        return MSRFError(
+            f"{path}: exists (written by an earlier msrf run); pass {flags} the earlier outputs"
+        )
+
+    def plan(self, groups: Sequence[Sequence[str]], *, skip_existing: bool = False) -> list[bool]:
+        """Check every output name before anything runs; ``groups`` holds each input's names.
+
+        Returns, per group, whether it is done already (``skip_existing`` and every name an
+        msrf output). Raises for a name held by a foreign file or folder, and for an earlier
+        msrf output unless ``overwrite`` (or ``skip_existing``) allows it.
+        """
+        done = []
+        allowed = self.overwrite or skip_existing
+        for names in groups:
+            states = [self.state(n) for n in names]
+            for name, state in zip(names, states):
+                if state == "foreign" or (state == "ours" and not allowed):
+                    raise self._refusal(name, state)
+            done.append(skip_existing and all(s == "ours" for s in states))
+        return done
+
+    def _guard(self, name: str) -> None:
+        state = self.state(name)
+        if state == "foreign" or (state == "ours" and not self.overwrite):
+            raise self._refusal(name, state)
+
+    def write_file(self, name: str, write: Callable[[str], object]) -> Path:
+        """``write(tmp_path)`` then record and rename onto ``root/name``; returns the path.
+
+        Raises:
+            MSRFError: the name is taken (see :meth:`plan`), or an I/O error (one line with the
+                cause); the temporary file is removed and an older file stays as it was.
+        """
+        self._guard(name)
+        target = self.root / name
+
+        def write_and_record(tmp: str) -> None:
+            write(tmp)
+            self._record(name, _sha256(tmp))
+
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise io_error(target.parent, e, "cannot create the output folder") from e
+        try:
+            atomic_write(target, write_and_record)
+        except OSError as e:
+            raise io_error(target, e) from e
+        return target
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """``data`` as ``root/name``, atomically and recorded in the manifest."""
+        return self.write_file(name, lambda tmp: write_data(tmp, data))
+
+    def write_text(self, name: str, text: str) -> Path:
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    def remove(self, name: str) -> bool:
+        """Delete ``root/name`` when it is an msrf output (never anything else); True if deleted."""
+        if self.state(name) != "ours":
+            return False
+        try:
+            (self.root / name).unlink()
+        except OSError as e:
+            raise io_error(self.root / name, e, "cannot remove") from e
+        return True
+
+    def _record(self, name: str, sha256: str) -> None:
+        line = json.dumps(
+            {
+                "file": name,
+                "sha256": sha256,
+                "command": self.command,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
+        try:
+            with open(self.manifest, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError as e:
+            raise io_error(self.manifest, e) from e
+        self._records().setdefault(name, set()).add(sha256)
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (same folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_data(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (the one low-level writer of the safe outputs; tests inject
+    disk-full errors here)."""
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def file_target(
+    out: str | Path,
+    command: str,
+    *,
+    inputs: Iterable[str | Path] = (),
+    overwrite: bool = False,
+    option: str = "--out",
+) -> tuple[OutputFolder, str]:
+    """The folder and name of a one-file output (an export), checked: not a folder, not inside
+    ``inputs``, not replacing a file msrf did not write (nor an earlier export without
+    ``overwrite``)."""
+    out = Path(out)
+    if out.is_dir():
+        example = out / "msrfnet.onnx"
+        raise MSRFError(f"{option} {out}: is a folder; name the file to write (e.g. {example})")
+    refuse_inside_inputs(out.parent, inputs, option)
+    folder = OutputFolder(out.parent, command, overwrite=overwrite, option=option)
+    folder.plan([[out.name]])
+    return folder, out.name

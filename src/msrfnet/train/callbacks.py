@@ -1,0 +1,190 @@
+"""Lightning plumbing that keeps a run safe and readable: atomic checkpoint writes, safetensors
+copies of the best/last weights with their metadata, and a training-curve figure."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from msrfnet.metrics import per_image_dice_torch
+from msrfnet.model import predict_proba
+from msrfnet.model.loading import load_model
+from msrfnet.model.msrfnet import scale_pixels
+from msrfnet.overlay import comparison_panel, encode_png
+from msrfnet.safe_output import atomic_write
+from msrfnet.weights.checkpoint import save_torch, save_weights
+
+__all__ = ["AtomicCheckpointIO", "WeightsExport", "CurvePlot", "plot_curves", "plot_predictions"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through a temporary file renamed into place: a run killed
+    mid-write (``kill -9``, power loss) keeps the previous complete checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        try:
+            atomic_write(path, lambda tmp: save_torch(checkpoint, tmp))
+        except OSError as e:  # a full disk, a lost permission: one line naming the checkpoint
+            from msrfnet.safe_output import io_error
+
+            raise io_error(path, e) from e
+
+    def load_checkpoint(self, path, map_location=None, weights_only=True):
+        # never unpickle arbitrary objects, whatever Lightning's own default is
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class WeightsExport(L.Callback):
+    """After each validation: ``last.safetensors`` always, ``best.safetensors`` when ``val/dsc``
+    improves — the weights with config, metrics and package versions, safe to share."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.best = float("-inf")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = float(state_dict.get("best", float("-inf")))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        metrics["epoch"] = trainer.current_epoch
+        save_weights(self.run_dir / "last.safetensors", pl_module.model, pl_module.config, metrics)
+        dsc = metrics.get("val/dsc", float("nan"))
+        if dsc > self.best:
+            self.best = dsc
+            save_weights(
+                self.run_dir / "best.safetensors", pl_module.model, pl_module.config, metrics
+            )
+            atomic_write(
+                self.run_dir / "best_metrics.json",
+                lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=1)),
+            )
+
+
+class CurvePlot(L.Callback):
+    """``curves.png``: training loss and validation loss/DSC per epoch, redrawn after every epoch,
+    plus ``history.csv`` with the same numbers, the wall time since the start of training
+    (validation included), which gives the time to a target DSC, and ``precise_bn`` (1 when the
+    BN statistics of that validation were recomputed, :mod:`msrfnet.train.precise_bn`)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.rows: list[dict[str, float]] = []
+        self._t0: float | None = None
+        self._offset = 0.0  # training seconds of the epochs before a resume
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+        self._offset = self.rows[-1]["elapsed_s"] if self.rows else 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict.get("rows", []))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        # validation has run by now (Lightning validates before the train-epoch-end hooks), and the
+        # epoch-averaged training loss exists only from here on
+        if not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        get = lambda k: float(m[k]) if k in m else float("nan")  # noqa: E731
+        self.rows = [r for r in self.rows if r["epoch"] != trainer.current_epoch + 1]
+        elapsed = self._offset + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+        self.rows.append(
+            {
+                "epoch": trainer.current_epoch + 1,
+                "elapsed_s": round(elapsed, 2),
+                "train_loss": get("train/loss_epoch"),
+                "val_loss": get("val/loss"),
+                "val_dsc": get("val/dsc"),
+                "precise_bn": get("precise_bn"),
+            }
+        )
+        self._write()
+
+    def _write(self) -> None:
+        def write_csv(tmp):
+            with open(tmp, "w", newline="") as f:
+                # rows of a run resumed from an older version may lack a later column
+                fields = list(dict.fromkeys(k for r in self.rows for k in r))
+                w = csv.DictWriter(f, fieldnames=fields, restval="")
+                w.writeheader()
+                w.writerows(self.rows)
+
+        atomic_write(self.run_dir / "history.csv", write_csv)
+        plot_curves(self.rows, self.run_dir / "curves.png")
+
+
+def plot_curves(rows: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
+    a.plot(ep, [r["val_loss"] for r in rows], "s-", label="validation")
+    a.set(
+        xlabel="epoch",
+        ylabel="loss (2·Lseg(x) + BCE(edge) + Lseg(aux2) + Lseg(aux4))",
+        title="Loss",
+    )
+    a.legend()
+    b.plot(ep, [r["val_dsc"] for r in rows], "o-", color="tab:green")
+    b.set(
+        xlabel="epoch",
+        ylabel="mean per-image DSC",
+        title="Validation DSC (threshold 0.5)",
+        ylim=(0, 1),
+    )
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def plot_predictions(
+    weights: Path, dataset, path: Path, threshold: float = 0.5, rows: int = 4
+) -> Path:
+    """``predictions.png``: the first ``rows`` images of ``dataset`` (the validation set), each as
+    image | truth | prediction with its DSC, by the weights in ``weights`` in eval mode and float32:
+    what ``msrf test`` and ``msrf predict`` will get from them."""
+    import numpy as np
+
+    model, _, _ = load_model(weights)
+    items = [dataset[i] for i in range(min(rows, len(dataset)))]
+    stack = lambda key: torch.stack([it[key] for it in items]).float()  # noqa: E731
+    with torch.inference_mode():
+        probs = predict_proba(model, scale_pixels(stack("image")), stack("canny"))[:, 0].numpy()
+    preds = torch.from_numpy(probs >= threshold)
+    truths = torch.stack([it["mask"][0].bool() for it in items])
+    dsc = per_image_dice_torch(preds[:, None], truths[:, None]).tolist()
+    panels = [
+        comparison_panel(
+            it["image"].numpy().transpose(1, 2, 0),
+            truth.numpy(),
+            pred.numpy(),
+            f"{dataset.stems[it['index']][:40]}  DSC {d:.3f}  (image | truth | prediction)",
+        )
+        for it, truth, pred, d in zip(items, truths, preds, dsc)
+    ]
+    gap = np.full((6, panels[0].shape[1], 3), 255, np.uint8)
+    figure = np.concatenate([part for panel in panels for part in (panel, gap)][:-1], axis=0)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(encode_png(figure)))
+    return path

@@ -1,0 +1,222 @@
+"""Every option is checked when it is parsed (issue 11, item 5): one line naming the option, exit 2,
+before anything runs; the same rules check a Config from the Python API or a config.yaml; the
+machine checks refuse devices and image sizes this machine cannot serve."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from msrfnet import options
+from msrfnet.cli import build_parser, main
+from msrfnet.config import Config
+from msrfnet.errors import MSRFError
+
+
+def parse_error(argv: list[str], capsys) -> str:
+    """The error line argparse prints for ``argv`` (it must exit with status 2)."""
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    assert stop.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(lines) == 1
+    return lines[0]
+
+
+BAD_TRAIN = [
+    ("--epochs", "0"),
+    ("--epochs", "-1"),
+    ("--epochs", "2.5"),
+    ("--batch-size", "0"),
+    ("--batch-size", "-1"),
+    ("--num-nodes", "0"),
+    ("--lr", "-1"),
+    ("--lr", "nan"),
+    ("--lr", "0"),
+    ("--lr", "inf"),
+    ("--max-minutes", "0"),
+    ("--max-minutes", "nan"),
+    ("--workers", "-1"),
+    ("--seed", "-1"),
+    ("--seed", str(2**32)),
+    ("--canny-low", "-5"),
+    ("--canny-high", "-1"),
+    ("--image-size", "100"),
+    ("--image-size", "0"),
+    ("--image-size", "-64"),
+    ("--variant", "fancy"),
+    ("--precision", "8-bit"),
+    ("--schedule", "linear"),
+    ("--devices", "two"),
+    ("--devices", "0"),
+    ("--mask-threshold", "nan"),
+    ("--name", "a/b"),
+    ("--name", ".."),
+    ("--strategy", ""),
+]
+
+
+@pytest.mark.parametrize("flag,value", BAD_TRAIN)
+def test_train_option_refused_when_parsed(flag, value, capsys):
+    line = parse_error(["train", flag, value], capsys)
+    assert line.startswith(f"msrf train: error: argument {flag}:")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "--steps", "0"],
+        ["bench", "--batch-size", "-2"],
+        ["bench", "--image-size", "30"],
+        ["bench", "--workers", "-1"],
+        ["test", "--batch-size", "0"],
+        ["test", "--image-size", "12"],
+        ["test", "--threshold", "nan"],
+        ["predict", "x.png", "--batch-size", "0"],
+        ["predict", "x.png", "--threshold", "1.5"],
+        ["export", "--calibration-count", "0"],
+        ["export", "--image-size", "7"],
+        ["check-data", "d", "--mask-threshold", "inf"],
+        ["split", "s", "--out", "o", "--seed", "-1"],
+    ],
+)
+def test_other_commands_check_their_numbers(argv, capsys):
+    line = parse_error(argv, capsys)
+    assert f"msrf {argv[0]}: error: argument --" in line
+
+
+def test_good_values_parse_to_their_types():
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--epochs",
+            "3",
+            "--lr",
+            "1e-3",
+            "--image-size",
+            "64",
+            "--variant",
+            "clean",
+            "--devices",
+            "0,1",
+            "--workers",
+            "0",
+            "--seed",
+            "0",
+        ]
+    )
+    got = (args.epochs, args.lr, args.image_size, args.variant, args.devices, args.workers)
+    assert got == (3, 1e-3, 64, "clean", "0,1", 0) and args.seed == 0
+
+
+@pytest.mark.parametrize(
+    "changes,field",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"lr": float("nan")}, "lr"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"variant": "x"}, "variant"),
+        ({"image_size": 100}, "image_size"),
+        ({"threshold": 2.0}, "threshold"),
+        ({"augment": "yes"}, "augment"),
+        ({"epochs": "ten"}, "epochs"),
+        ({"canny_low": 50, "canny_high": 10}, "canny_low"),
+        ({"workers": True}, "workers"),
+        ({"name": "../up"}, "name"),
+    ],
+)
+def test_config_validate_names_the_field(changes, field):
+    with pytest.raises(MSRFError, match=rf"^where\.yaml: {field}\b"):
+        Config(**changes).validate("where.yaml")
+
+
+def test_config_validate_accepts_the_defaults_and_converts_numbers():
+    config = Config(epochs="3", lr=1, data=Path("d"))
+    config.validate()
+    assert (config.epochs, config.lr, config.data) == (3, 1.0, "d")
+
+
+def test_train_api_refuses_bad_config_before_anything(tmp_path):
+    from msrfnet.train.fit import train
+
+    with pytest.raises(MSRFError, match="^epochs: must be a positive whole number"):
+        train(Config(epochs=-1, out=str(tmp_path / "runs")))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_one_image_size_rule_everywhere():
+    from msrfnet.bench import run as bench
+    from msrfnet.data import datamodule
+    from msrfnet.inference import predict
+
+    assert (
+        predict.check_image_size
+        is bench.check_image_size
+        is datamodule.check_image_size
+        is options.check_image_size
+    )
+    with pytest.raises(MSRFError, match="image_size 250: must be a positive multiple of 8.*248"):
+        options.check_image_size(250)
+
+
+# --- the machine -----------------------------------------------------------------------------
+@pytest.fixture()
+def cpu_only(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(options, "_cpu_count", lambda: 2)
+
+
+def test_devices_above_the_cpu_count_are_refused(cpu_only):
+    assert options.check_devices("2") == 2 and options.check_devices("auto") == 1
+    with pytest.raises(MSRFError, match=r"^--devices 3: this machine has 2 CPU core\(s\) and no"):
+        options.check_devices("3")
+    with pytest.raises(MSRFError, match="^--devices 0,1: device indices name GPUs"):
+        options.check_devices("0,1")
+
+
+def test_devices_above_the_gpu_count_are_refused(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert options.check_devices("0,1") == 2 and options.check_devices("-1") == 2
+    with pytest.raises(MSRFError, match=r"^--devices 4: this machine has 2 GPU\(s\)"):
+        options.check_devices("4")
+    with pytest.raises(MSRFError, match="indices 0 to 1"):
+        options.check_devices("1,2")
+
+
+def test_cli_devices_3_on_a_two_core_cpu_fails_in_one_line(cpu_only, tmp_path, capsys):
+    assert main(["train", "--devices", "3", "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["msrf train: error: --devices 3: this machine has 2 CPU core(s) and no GPU"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_training_memory_estimate_scales_with_pixels_batch_and_precision():
+    base = options.training_memory_gib(256, 1, "bf16-mixed")
+    assert base == pytest.approx(options.GIB_PER_256_IMAGE[2])
+    assert options.training_memory_gib(512, 1, "bf16-mixed") == pytest.approx(4 * base)
+    assert options.training_memory_gib(256, 3, "bf16-mixed") == pytest.approx(3 * base)
+    assert options.training_memory_gib(256, 1, "32-true") > 1.9 * base
+
+
+def test_an_image_size_the_machine_cannot_hold_is_refused_with_the_estimate(cpu_only, monkeypatch):
+    monkeypatch.setattr(options, "_available_ram", lambda: (8 * 2**30, "of RAM available"))
+    assert options.check_training_memory(256, 4, "32-true") == pytest.approx(4 * 0.74)
+    with pytest.raises(MSRFError) as refused:
+        options.check_training_memory(1024, 2, "32-true")
+    message = str(refused.value)
+    assert message.startswith("--image-size 1024: training needs about 23.68 GiB")
+    assert "8.0 GiB of RAM available" in message and "\n" not in message
+    with pytest.raises(MSRFError, match="× 2 processes"):  # CPU processes share the RAM
+        options.check_training_memory(512, 4, "32-true", processes=2)
+
+
+def test_available_ram_is_positive_and_below_the_total():
+    have, where = options._available_ram()
+    assert 0 < have <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") and where
