@@ -136,7 +136,7 @@ def package(weights, tmp_path_factory):
 
 
 def test_package_computes_the_quantized_graph(package, quantized):
-    from msrfnet.accel.pt2_int8 import PT2_FORMAT, Pt2Runner
+    from msrfnet.accel.pt2_runner import PT2_FORMAT, Pt2Runner
 
     path, lines = package
     assert any(line.startswith(f"wrote {path}") and "mean |Δprobability|" in line for line in lines)
@@ -175,7 +175,8 @@ def test_test_and_predict_run_the_package(package, tmp_path):
 
 
 def test_pt2_errors_name_the_file(tmp_path, capsys):
-    from msrfnet.accel.pt2_int8 import Pt2Runner, export_int8_pt2
+    from msrfnet.accel.pt2_int8 import export_int8_pt2
+    from msrfnet.accel.pt2_runner import Pt2Runner
     from msrfnet.cli import main
     from msrfnet.errors import MSRFError
 
@@ -205,7 +206,7 @@ def test_export_cli_keeps_the_checkpoint_size_for_a_package(monkeypatch, tmp_pat
 
 
 def test_a_package_for_missing_cpu_features_is_refused(monkeypatch):
-    from msrfnet.accel.pt2_int8 import _missing_isa
+    from msrfnet.accel.pt2_runner import _missing_isa
 
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: True)

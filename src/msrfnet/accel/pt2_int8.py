@@ -4,7 +4,8 @@
 (VNNI), everything between them as inductor-generated C++ loops; faster than the bfloat16 path at
 float32's DSC (docs/PERFORMANCE.md). Calibration and compilation take minutes, so
 :func:`export_int8_pt2` (``msrf export --int8 --out model.pt2``) does them once: an AOTInductor
-package that :class:`Pt2Runner` (``msrf predict/test --pt2 model.pt2``) loads in seconds.
+package that :class:`~msrfnet.accel.pt2_runner.Pt2Runner` (``msrf predict/test --pt2 model.pt2``)
+loads in seconds.
 
 What a fast and exact int8 graph needs (why each one matters: docs/PERFORMANCE.md):
 
@@ -32,7 +33,6 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -43,9 +43,10 @@ from msrfnet.accel.onnx_int8 import (
     calibration_inputs,
     default_calibration,
 )
+from msrfnet.accel.pt2_runner import PT2_FORMAT, contiguous_nchw
 from msrfnet.errors import MSRFError, first_line
 from msrfnet.model.loading import load_one_class_model
-from msrfnet.model.msrfnet import MSRFNet, scale_pixels
+from msrfnet.model.msrfnet import MSRFNet
 from msrfnet.model.upsampling import freeze_upsampling
 from msrfnet.options import check_image_size
 from msrfnet.safe_output import file_target
@@ -59,7 +60,6 @@ __all__ = [
     "calibration_feeds",
     "compile_package",
     "export_int8_pt2",
-    "Pt2Runner",
 ]
 
 log = logging.getLogger("msrfnet")
@@ -220,48 +220,22 @@ def compile_int8(
 
 # --- the AOTInductor package (msrf export --int8 --out X.pt2) -------------------------------------
 
-PT2_FORMAT = "msrfnet-int8-aoti"
 # package vs the quantized graph it was compiled from, per image: mean |Δprobability| ≤ 0.003 and
 # masks equal on ≥ 99.7 % of the pixels on kdsb test images; a miscompiled package (the strides
-# below) had 61–97 % on kdsb, and 56 % with mean |Δp| 0.024 on the tests' random model
+# of pt2_runner.contiguous_nchw) had 61–97 % on kdsb, and 56 % with mean |Δp| 0.024 on the tests'
+# random model
 MAX_MEAN_DIFF, MIN_AGREEMENT = 0.01, 0.9
-# the instruction sets inductor compiles for (AOTI_CPU_ISA in a package's metadata, e.g. "AVX512
-# AVX512_VNNI"), and how to ask whether this CPU has them; AVX512 implies AVX2
-_ISA_CHECKS = {
-    "AVX2": "_is_avx2_supported",
-    "AVX512": "_is_avx512_supported",
-    "AVX512_VNNI": "_is_vnni_supported",
-    "AMX_TILE": "_is_amx_tile_supported",
-}
-
-
-def _missing_isa(built: str) -> list[str]:
-    """The features of ``built`` (AOTI_CPU_ISA) this CPU lacks; unknown names are not checked."""
-    return [
-        f
-        for f in built.split()
-        if f in _ISA_CHECKS and not getattr(torch.cpu, _ISA_CHECKS[f], lambda: True)()
-    ]
-
-
-def _nchw(images: np.ndarray, canny: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    # Contiguous NCHW float32, always: an AOTInductor package is specialised to its example's
-    # strides and does not check them when called. A channels-last example (a transposed numpy
-    # view) once gave a package that agreed with its graph on the example and on 61–97 % of the
-    # pixels of any other image.
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).contiguous()
-    c = torch.from_numpy(np.ascontiguousarray(canny, dtype=np.float32)).contiguous()
-    return x, c
 
 
 def calibration_feeds(
     files: Sequence[Path], image_size: int, canny_low: float, canny_high: float
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(image, canny) tensors of ``files`` for :func:`quantize_model` and an example for
-    :func:`compile_package`: pre-processed as at inference, contiguous NCHW (see :func:`_nchw`)."""
+    :func:`compile_package`: pre-processed as at inference, contiguous NCHW
+    (:func:`~msrfnet.accel.pt2_runner.contiguous_nchw`)."""
 
     return [
-        _nchw(f["image"], f["canny"])
+        contiguous_nchw(f["image"], f["canny"])
         for f in calibration_inputs(files, image_size, canny_low, canny_high)
     ]
 
@@ -274,7 +248,7 @@ def compile_package(
 ) -> None:
     """Compile a :func:`quantize_model` graph ahead of time for this CPU into an AOTInductor
     package at ``path`` (``.pt2``), for inputs of ``example``'s shape and strides (see
-    :func:`_nchw`); load it with ``torch._inductor.aoti_load_package``."""
+    :func:`contiguous_nchw`); load it with ``torch._inductor.aoti_load_package``."""
     with torch.no_grad():
         program = torch.export.export(quantized, tuple(example), strict=False)
         torch._inductor.aoti_compile_and_package(
@@ -382,50 +356,3 @@ def export_int8_pt2(
         f"pixels); run it with --pt2 {out}"
     )
     return out
-
-
-class Pt2Runner:
-    """The :class:`~msrfnet.inference.runners.TorchRunner` contract (uint8 images and Canny maps in,
-    float32 B×S×S probabilities out) for an :func:`export_int8_pt2` package, one image at a time
-    (the package is compiled for batch 1)."""
-
-    def __init__(self, path: str | Path):
-        path = Path(path)
-        if not path.is_file():
-            raise MSRFError(f"{path}: no such .pt2 package")
-        try:
-            self.package = torch._inductor.aoti_load_package(str(path))
-            self.metadata = dict(self.package.get_metadata())
-        except (
-            Exception
-        ) as e:  # a zip that is not an AOTInductor package, a torch that cannot read it
-            first = first_line(e)
-            raise MSRFError(
-                f"{path}: not a loadable AOTInductor package ({type(e).__name__}: {first})"
-            ) from e
-        if self.metadata.get("format") != PT2_FORMAT:
-            raise MSRFError(
-                f"{path}: not an msrf export --int8 package (format "
-                f"{self.metadata.get('format')!r})"
-            )
-        built = self.metadata.get("AOTI_CPU_ISA", "")
-        missing = _missing_isa(built)
-        if missing:  # its kernels would stop the process on an illegal instruction
-            raise MSRFError(
-                f"{path}: compiled for CPUs with {built}; this one lacks {' '.join(missing)}. "
-                "Run msrf export --int8 --out X.pt2 on this machine"
-            )
-        self.size = int(self.metadata["image_size"])
-        self.numerics = f"int8 (torchao + AOTInductor, {built or 'CPU'})"
-
-    def __call__(self, images: np.ndarray, canny: np.ndarray) -> np.ndarray:
-
-        if images.shape[-2:] != (self.size, self.size):
-            raise MSRFError(
-                f"this .pt2 package takes {self.size}×{self.size} images, got "
-                f"{images.shape[-2]}×{images.shape[-1]}"
-            )
-        x, c = _nchw(scale_pixels(images), canny)
-        with flush_denormals(), torch.no_grad():
-            logits = [self.package(x[i : i + 1], c[i : i + 1]) for i in range(len(x))]
-        return torch.sigmoid(torch.cat(logits)[:, 0]).numpy()

@@ -4,7 +4,7 @@ A *runner* maps the model's two inputs at its input size S — RGB uint8 images 
 Canny maps B×1×S×S — to the final head's probabilities, float32 B×S×S (a one-input ONNX model
 ignores the Canny argument: it computes the map itself). :class:`TorchRunner` runs PyTorch
 weights, :class:`OnnxRunner` an exported ONNX model through onnxruntime, and
-:class:`msrfnet.accel.pt2_int8.Pt2Runner` an int8 AOTInductor package. :func:`open_runner`
+:class:`msrfnet.accel.pt2_runner.Pt2Runner` an int8 AOTInductor package. :func:`open_runner`
 picks one from the command-line choices (``--weights`` / ``--onnx`` / ``--pt2``, ``--device``,
 ``--exact``) and returns the configuration the model was trained with; it is the one place
 where :class:`msrfnet.inference.segmenter.Segmenter` (and so ``msrf predict`` / ``msrf test`` /
@@ -242,7 +242,7 @@ def open_runner(
             "pass either --weights (PyTorch) or an exported model (--onnx/--pt2), not both"
         )
     if pt2 is not None:
-        from msrfnet.accel.pt2_int8 import Pt2Runner
+        from msrfnet.accel.pt2_runner import Pt2Runner
 
         runner = Pt2Runner(pt2)
         if image_size not in (None, runner.size):
