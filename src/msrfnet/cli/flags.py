@@ -1,4 +1,5 @@
-"""Flags that several subcommands share, defined once: device and numerics, objects, tiling."""
+"""Flags that several subcommands share, defined once: the model, device and numerics, objects,
+tiling."""
 
 from __future__ import annotations
 
@@ -6,7 +7,31 @@ import argparse
 
 from msrfnet import options as opt
 
-__all__ = ["add_device_flags", "add_instance_flags", "add_tiling_flags"]
+__all__ = ["add_model_flags", "add_device_flags", "add_instance_flags", "add_tiling_flags"]
+
+
+def add_model_flags(
+    p: argparse.ArgumentParser,
+    verb: str | None = None,
+    weights_default: str = "the shipped weights",
+) -> None:
+    """--weights (a run folder or weights file), and with a ``verb`` the exported models it can
+    run instead: --onnx and --pt2 (test and predict; one model per run: inference.runners)."""
+    p.add_argument(
+        "--weights", help=f"run folder, .safetensors or .ckpt (default: {weights_default})"
+    )
+    if verb is None:
+        return
+    p.add_argument(
+        "--onnx",
+        help=f"{verb} with this exported ONNX model (float32 or --int8) through onnxruntime "
+        "instead of PyTorch",
+    )
+    p.add_argument(
+        "--pt2",
+        help=f"{verb} with this int8 package of msrf export --int8 --out X.pt2 "
+        "(torchao + AOTInductor, CPU)",
+    )
 
 
 def add_device_flags(p: argparse.ArgumentParser) -> None:

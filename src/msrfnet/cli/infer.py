@@ -7,7 +7,12 @@ import argparse
 import sys
 
 from msrfnet import options as opt
-from msrfnet.cli.flags import add_device_flags, add_instance_flags, add_tiling_flags
+from msrfnet.cli.flags import (
+    add_device_flags,
+    add_instance_flags,
+    add_model_flags,
+    add_tiling_flags,
+)
 
 __all__ = [
     "add_test",
@@ -107,21 +112,9 @@ def add_test(sub) -> None:
     """The ``test`` subcommand."""
     t = sub.add_parser("test", help="metrics on a dataset's test split, tables and overlays")
     t.add_argument("--data", help="dataset folder (default: ./data/kdsb, else the bundled sample)")
-    t.add_argument(
-        "--weights",
-        help="run folder, .safetensors or .ckpt (default: the newest run in ./runs, else the "
-        "shipped weights)",
-    )
+    add_model_flags(t, "evaluate", "the newest run in ./runs, else the shipped weights")
     t.add_argument(
         "--image-size", type=opt.image_size, help="model input size (default: from the checkpoint)"
-    )
-    t.add_argument(
-        "--onnx", help="evaluate this exported ONNX model (float32 or --int8) through onnxruntime"
-    )
-    t.add_argument(
-        "--pt2",
-        help="evaluate this int8 package of msrf export --int8 --out X.pt2 "
-        "(torchao + AOTInductor, CPU)",
     )
     t.add_argument("--out", help="output folder (default: <run>/test or ./msrf-test)")
     t.add_argument("--batch-size", type=opt.positive_int, default=8)
@@ -157,17 +150,7 @@ def add_predict(sub) -> None:
     """The ``predict`` subcommand."""
     t = sub.add_parser("predict", help="masks for image files or folders, at their original size")
     t.add_argument("inputs", nargs="+", help="image files or folders")
-    t.add_argument(
-        "--weights", help="run folder, .safetensors or .ckpt (default: the shipped weights)"
-    )
-    t.add_argument(
-        "--onnx", help="predict with this ONNX model through onnxruntime instead of PyTorch"
-    )
-    t.add_argument(
-        "--pt2",
-        help="predict with this int8 package of msrf export --int8 --out X.pt2 "
-        "(torchao + AOTInductor, CPU)",
-    )
+    add_model_flags(t, "predict")
     t.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     t.add_argument("--overlay", action="store_true", help="also write image | mask overlays")
     t.add_argument(

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from msrfnet import options as opt
-from msrfnet.cli.flags import add_device_flags
+from msrfnet.cli.flags import add_device_flags, add_model_flags
 from msrfnet.errors import MSRFError
 
 __all__ = [
@@ -213,9 +213,7 @@ def add_split(sub) -> None:
 def add_export(sub) -> None:
     """The ``export`` subcommand."""
     t = sub.add_parser("export", help="export to ONNX (dynamic batch, height and width)")
-    t.add_argument(
-        "--weights", help="run folder, .safetensors or .ckpt (default: the shipped weights)"
-    )
+    add_model_flags(t)
     t.add_argument("--out", default="msrfnet.onnx")
     t.add_argument("--opset", type=opt.positive_int, default=17)
     t.add_argument(
@@ -288,9 +286,7 @@ def add_bench(sub) -> None:
 def add_serve(sub) -> None:
     """The ``serve`` subcommand."""
     t = sub.add_parser("serve", help="a local web service and page: see masks and objects")
-    t.add_argument(
-        "--weights", help="run folder, .safetensors or .ckpt (default: the shipped weights)"
-    )
+    add_model_flags(t)
     t.add_argument(
         "--host",
         default="127.0.0.1",
