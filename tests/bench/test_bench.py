@@ -274,7 +274,7 @@ def test_compile_failure_falls_back_to_eager(one_thread, monkeypatch):
     "interleave", [False, True]
 )  # False = the CUDA order, exercised on the CPU
 def test_measure_orders_hooks_and_errors(interleave):
-    from msrfnet.bench import run as bench
+    from msrfnet.bench import timing as bench
 
     calls = []
 

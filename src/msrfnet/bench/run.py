@@ -53,14 +53,12 @@ import torch
 
 from msrfnet.accel.cpu import cpu_supports_bf16
 from msrfnet.bench.table import format_table
-from msrfnet.bench.timing import (  # noqa: F401  (_Path, _Runner: re-exported for tests/bench/test_bench.py)
+from msrfnet.bench.timing import (
     PathSpec,
     _inference_path,
     _matmul_peak,
     _measure,
-    _Path,
     _random_batch,
-    _Runner,
     _training_path,
     matmul_peak_tflops,
     model_flops,
