@@ -28,7 +28,8 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(weights, tmp_path_factory):
-    return export_onnx(weights, tmp_path_factory.mktemp("onnx") / "m.onnx", image_size=SIZE)
+    # no image_size: the checkpoint's (SIZE), which the metadata test checks
+    return export_onnx(weights, tmp_path_factory.mktemp("onnx") / "m.onnx")
 
 
 def _sigmoid(x):
@@ -133,6 +134,7 @@ def test_cli_export_arguments(weights, tmp_path, monkeypatch, capsys):
     calls.clear()
     assert main(["export", "--weights", str(weights), "--out", "x.onnx", "--two-inputs"]) == 0
     assert calls[0][1]["single_input"] is False
+    assert calls[0][1]["image_size"] is None  # the checkpoint's size, not a tracing default
     monkeypatch.undo()
     assert (
         main(

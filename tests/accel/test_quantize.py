@@ -152,7 +152,7 @@ def test_cli_export_int8_arguments(monkeypatch, tmp_path):
         "calibration": str(tmp_path),
         "n": 8,
         "opset": 17,
-        "image_size": 256,
+        "image_size": None,  # the checkpoint's
         "overwrite": False,
     }
     assert calls == [((None, "q.onnx"), expected)]

@@ -256,7 +256,7 @@ def export_onnx(
     weights: str | Path | None = None,
     out: str | Path = "msrfnet.onnx",
     opset: int = 17,
-    image_size: int = 256,
+    image_size: int | None = None,
     upsampling: str = "transposed",
     overwrite: bool = False,
     single_input: bool = False,
@@ -266,6 +266,10 @@ def export_onnx(
     """Export the weights to ONNX at ``out`` (see the module docstring), verified; returns ``out``.
     Says which weights, what was written and how it verified in log lines (INFO); ``result_name``
     is what they call the file instead of ``wrote OUT`` (a temporary file, say).
+
+    ``image_size``: the model input size recorded in the file and used for tracing and
+    verification (default: the checkpoint's, the size the weights were trained at; the graph
+    itself takes any multiple of 8).
 
     ``single_input``: the one-input model instead
     (:class:`~msrfnet.model.pipeline.ImageToProbability`: ``image`` uint8 N×3×H×W RGB at the model
@@ -284,10 +288,12 @@ def export_onnx(
 
     if opset < MIN_OPSET:
         raise MSRFError(f"opset {opset}: must be at least {MIN_OPSET}")
-    check_image_size(image_size)
+    if image_size is not None:
+        check_image_size(image_size)
     path = resolve_weights(weights, prefer_runs=False, announce=True)
     target, name = file_target(out, "msrf export", inputs=[path.parent], overwrite=overwrite)
     model, cfg, _ = load_model(path, map_location="cpu")
+    image_size = check_image_size(image_size or cfg.image_size)
     model = reference = model.float().eval().requires_grad_(False)
     if upsampling != model.upsampling:
         model = model.rebuild(upsampling=upsampling).requires_grad_(False)

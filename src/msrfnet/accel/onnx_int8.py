@@ -341,12 +341,13 @@ def export_int8(
     calibration: str | Path | Sequence[str | Path] | None = None,
     n: int = DEFAULT_COUNT,
     opset: int = 17,
-    image_size: int = 256,
+    image_size: int | None = None,
     method: str = "minmax",
     overwrite: bool = False,
 ) -> Path:
     """``msrf export --int8``: a verified float32 export with sub-pixel upsampling (to a temporary
-    file), quantized to ``out``. ``calibration`` defaults to the package's sample training images.
+    file), quantized to ``out``. ``calibration`` defaults to the package's sample training images,
+    ``image_size`` to the checkpoint's.
     ``out`` is checked first (as :func:`msrfnet.accel.onnx.export_onnx` does), before any work."""
 
     calibration = default_calibration(calibration)

@@ -80,7 +80,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             calibration=args.calibration,
             n=args.calibration_count,
             opset=args.opset,
-            image_size=args.image_size or 256,
+            image_size=args.image_size,
             overwrite=args.overwrite,
         )
         return 0
@@ -92,7 +92,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.weights,
         args.out,
         opset=args.opset,
-        image_size=args.image_size or 256,
+        image_size=args.image_size,
         overwrite=args.overwrite,
         single_input=not args.two_inputs,
     )
@@ -117,7 +117,7 @@ def _export_bioimageio(args: argparse.Namespace) -> int:
             path,
             Path(tmp) / "msrfnet.onnx",
             opset=args.opset,
-            image_size=args.image_size or cfg.image_size,
+            image_size=args.image_size,
             single_input=True,
         )
         out = package_bioimageio(
@@ -219,8 +219,8 @@ def add_export(sub) -> None:
     t.add_argument(
         "--image-size",
         type=opt.image_size,
-        help="ONNX: example input size used for tracing (default 256); "
-        ".pt2: the one input size the package takes (default: the checkpoint's)",
+        help="the model input size recorded in the export (default: the checkpoint's, the size "
+        "the weights were trained at); ONNX takes other multiples of 8 too, .pt2 only this one",
     )
     t.add_argument(
         "--int8",
