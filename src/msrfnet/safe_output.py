@@ -8,7 +8,10 @@ the rules that keep a user's files safe (docs/SAFETY.md).
   folder, its SHA-256, the command, the time). An existing file may be replaced only when its
   current content is one msrf wrote under that name (a user's file, or a user's edit of an output,
   is never replaced), and only when the run asked for it (``--overwrite``); ``--skip-existing``
-  (predict) keeps such files instead. An export's single file gets the manifest of its folder.
+  (predict) keeps such files instead, but only those written with the same settings (the model
+  file's digest and every option that changes an output, recorded with each file): a rerun with
+  other weights or options is refused rather than mixed with older outputs. An export's single
+  file gets the manifest of its folder.
 * **Never a truncated file.** Every output goes to a temporary name in its folder and is renamed
   onto its own name (:func:`msrfnet.weights.checkpoint.atomic_write`). The manifest line is appended
   just before the rename, so a file in place is always listed; an I/O error removes the temporary
@@ -35,6 +38,7 @@ __all__ = [
     "refuse_inside_inputs",
     "OutputFolder",
     "atomic_write",
+    "file_digest",
     "write_data",
     "file_target",
 ]
@@ -68,7 +72,8 @@ def refuse_inside_inputs(out: str | Path, inputs: Iterable[str | Path], option: 
             )
 
 
-def _sha256(path: str | Path) -> str:
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's content, hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -80,7 +85,10 @@ class OutputFolder:
     """An output folder: which of its files msrf wrote (the manifest), and the safe writers.
 
     ``command`` is recorded with each file; ``overwrite`` allows replacing earlier msrf outputs;
-    ``resumable`` names ``--skip-existing`` in refusals. The folder is created at the first write.
+    ``resumable`` names ``--skip-existing`` in refusals. ``settings`` (JSON-able: what determines
+    the outputs' content) is recorded as a digest with each file, and an output kept by
+    ``skip_existing`` must have been written with the same. The folder is created at the first
+    write.
     """
 
     def __init__(
@@ -91,22 +99,29 @@ class OutputFolder:
         overwrite: bool = False,
         option: str = "--out",
         resumable: bool = False,
+        settings: object = None,
     ):
         self.root = Path(root)
+        self.settings = (
+            None
+            if settings is None
+            else hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        )
         self.command = command
         self.overwrite = overwrite
         self.option = option
         self.resumable = resumable
         if self.root.exists() and not self.root.is_dir():
             raise MSRFError(f"{option} {self.root}: exists and is not a folder")
-        self._known: dict[str, set[str]] | None = None
+        self._known: dict[str, dict[str, set]] | None = None
 
     @property
     def manifest(self) -> Path:
         return self.root / MANIFEST
 
-    def _records(self) -> dict[str, set[str]]:
-        """name → the SHA-256 of every content msrf wrote under that name (torn lines ignored)."""
+    def _records(self) -> dict[str, dict[str, set]]:
+        """name → {SHA-256 of each content msrf wrote under that name → the settings digests it
+        was written with (None: not recorded)}; torn lines are ignored."""
         if self._known is None:
             self._known = {}
             try:
@@ -118,7 +133,8 @@ class OutputFolder:
             for line in text.splitlines():
                 try:
                     record = json.loads(line)
-                    self._known.setdefault(str(record["file"]), set()).add(str(record["sha256"]))
+                    contents = self._known.setdefault(str(record["file"]), {})
+                    contents.setdefault(str(record["sha256"]), set()).add(record.get("settings"))
                 except (ValueError, KeyError, TypeError):
                     continue  # a line cut short by a crash or a full disk
         return self._known
@@ -132,12 +148,22 @@ class OutputFolder:
             return "foreign"
         hashes = self._records().get(name)
         try:
-            return "ours" if hashes and _sha256(path) in hashes else "foreign"
+            return "ours" if hashes and file_digest(path) in hashes else "foreign"
         except OSError as e:
             raise io_error(path, e, "cannot read") from e
 
+    def same_settings(self, name: str) -> bool:
+        """Whether the file ``name`` (an msrf output) was written with this folder's settings."""
+        digest = file_digest(self.root / name)
+        return self.settings in self._records().get(name, {}).get(digest, set())
+
     def _refusal(self, name: str, state: str) -> MSRFError:
         path = self.root / name
+        if state == "other settings":
+            return MSRFError(
+                f"{path}: written by an earlier msrf run with other weights or options; pass "
+                f"--overwrite to replace the earlier outputs, or choose another {self.option}"
+            )
         if state == "foreign":
             kind = "a folder" if path.is_dir() else "a file msrf did not write (or changed since)"
             return MSRFError(
@@ -163,7 +189,11 @@ class OutputFolder:
             for name, state in zip(names, states):
                 if state == "foreign" or (state == "ours" and not allowed):
                     raise self._refusal(name, state)
-            done.append(skip_existing and all(s == "ours" for s in states))
+            finished = skip_existing and all(s == "ours" for s in states)
+            for name in names if finished else ():
+                if not self.same_settings(name):
+                    raise self._refusal(name, "other settings")
+            done.append(finished)
         return done
 
     def _guard(self, name: str) -> None:
@@ -183,7 +213,7 @@ class OutputFolder:
 
         def write_and_record(tmp: str) -> None:
             write(tmp)
-            self._record(name, _sha256(tmp))
+            self._record(name, file_digest(tmp))
 
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +249,7 @@ class OutputFolder:
                 "sha256": sha256,
                 "command": self.command,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **({"settings": self.settings} if self.settings else {}),
             }
         )
         try:
@@ -226,7 +257,7 @@ class OutputFolder:
                 f.write(line + "\n")
         except OSError as e:
             raise io_error(self.manifest, e) from e
-        self._records().setdefault(name, set()).add(sha256)
+        self._records().setdefault(name, {}).setdefault(sha256, set()).add(self.settings)
 
 
 def atomic_write(path: str | Path, write) -> None:

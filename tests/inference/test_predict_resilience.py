@@ -150,6 +150,31 @@ def test_skip_existing_reports_what_it_kept(weights, tmp_path, capsys):
     assert _masks(out) == ["img0.png", "img1.png", "img2.png"]
 
 
+def test_skip_existing_never_mixes_weights_or_options(weights, tmp_path, capsys):
+    """Outputs kept by --skip-existing must come from the same model file and output options: a
+    resumed run with other weights, another threshold or tiling is refused in one line and leaves
+    the earlier masks as they were (--overwrite replaces them)."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    images = _images(folder, 2)
+    other = make_weights(tmp_path / "other.safetensors", image_size=16, seed=1)
+    base = ["predict", "--out", str(out)]
+    assert main([*base, str(images[0]), "--weights", str(weights)]) == 0
+    before = (out / "img0.png").read_bytes()
+    capsys.readouterr()
+    for change in (
+        ["--weights", str(other)],
+        ["--weights", str(weights), "--threshold", "0.3"],
+        ["--weights", str(weights), "--tile", "16"],
+    ):
+        assert main([*base, str(folder), *change, "--skip-existing"]) == 2, change
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "img0.png: written by an earlier msrf run with other" in err
+        assert _masks(out) == ["img0.png"] and (out / "img0.png").read_bytes() == before
+    assert main([*base, str(folder), "--weights", str(other), "--overwrite"]) == 0
+    assert main([*base, str(folder), "--weights", str(other), "--skip-existing"]) == 0
+    assert "kept 2 earlier" in capsys.readouterr().out
+
+
 def test_progress_bar_over_files_on_a_terminal(weights, tmp_path, capsys, monkeypatch):
     folder = tmp_path / "in"
     _images(folder, 3)

@@ -21,7 +21,7 @@ inputs with one stem (``a.png``, ``a.jpg``) get ``a`` and ``a-2`` and a warning.
 (image and Canny map flipped together, each prediction flipped back).
 
 On a CPU with native bfloat16 the PyTorch model runs in bfloat16 with exact sub-pixel up-convs
-(≈ 2× faster; ``exact`` keeps float32); see :class:`TorchRunner`.
+(≈ 2× faster; ``exact`` keeps float32); see :class:`~msrfnet.inference.runners.TorchRunner`.
 
 ``onnx`` runs an exported model (:mod:`msrfnet.accel.onnx`) through onnxruntime alone, with the
 image size and Canny thresholds stored in its metadata (``image_size`` overrides; 256 when absent);
@@ -51,21 +51,13 @@ from msrfnet.inference.outputs import (
     predict_tiled_file,
     summary_csv,
 )
-from msrfnet.inference.runners import (  # noqa: F401 - re-exported (deprecated here: import from runners)
-    OnnxRunner,
-    TorchRunner,
-    checkpoint_tiling,
-    load_torch_runner,
-    predict_probabilities,
-    sigmoid,
-    to_original_size,
-)
+from msrfnet.inference.runners import checkpoint_tiling, model_file
 from msrfnet.inference.segmenter import Segmenter
 from msrfnet.inference.stacks import UnreadableStack, predict_stack, stack_stem, tiff_planes
 from msrfnet.inference.tiff_rows import open_tiff_rows
 from msrfnet.inference.tiling import check_tiling
 from msrfnet.options import check_image_size, check_threshold
-from msrfnet.safe_output import OutputFolder, refuse_inside_inputs
+from msrfnet.safe_output import OutputFolder, file_digest, refuse_inside_inputs
 
 __all__ = [
     "EXTENSIONS",
@@ -233,7 +225,8 @@ def run_predict(
 
     ``out`` is checked before the model loads (:mod:`msrfnet.safe_output`): never among the
     inputs, never over a file msrf did not write; ``overwrite`` replaces earlier msrf outputs,
-    ``skip_existing`` keeps them and predicts only the images whose outputs are missing.
+    ``skip_existing`` keeps them and predicts only the images whose outputs are missing (an output
+    written with another model file or other output-changing options is refused instead).
 
     Raises:
         SkippedInputs: after the others are written, when unreadable inputs were skipped.
@@ -271,8 +264,24 @@ def run_predict(
     out = Path(out)
     folders = {Path(i).expanduser() for i in inputs if Path(i).expanduser().is_dir()}
     refuse_inside_inputs(out, sorted({f.parent for f in files} | folders))
-    # resuming replaces the outputs of a half-done image: msrf's own, like --overwrite
-    target = OutputFolder(out, "msrf predict", overwrite=overwrite or skip_existing, resumable=True)
+    # resuming replaces the outputs of a half-done image: msrf's own, like --overwrite; it keeps
+    # only outputs written with the same model file and output-changing options
+    model = model_file(weights, onnx, pt2)
+    settings = {
+        "model": file_digest(model) if model is not None else None,
+        "threshold": threshold,
+        "tta": tta,
+        "image_size": image_size,
+        "instances": objects,
+        **tiling_options,
+    }
+    target = OutputFolder(
+        out,
+        "msrf predict",
+        overwrite=overwrite or skip_existing,
+        resumable=True,
+        settings=settings,
+    )
     names = [[output_name(stem, s) for s in suffixes] for stem in stems]
     for group, big in zip(names, streamed):  # a TIFF read band by band: TIFF mask, probabilities
         if big:

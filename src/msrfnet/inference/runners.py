@@ -39,6 +39,7 @@ __all__ = [
     "load_torch_runner",
     "open_runner",
     "checkpoint_tiling",
+    "model_file",
 ]
 
 log = logging.getLogger("msrfnet")
@@ -269,16 +270,32 @@ def open_runner(
     return runner, Path(exported), cfg
 
 
+def model_file(weights=None, onnx=None, pt2=None) -> Path | None:
+    """The file whose bytes are the model :func:`open_runner` would load for these choices
+    (``prefer_runs=False``), without loading it; None when it cannot be found (the load then
+    names the problem). ``msrf predict`` records its digest with each output it writes."""
+    if onnx is not None or pt2 is not None:
+        path = Path(onnx if onnx is not None else pt2)
+        return path if path.is_file() else None
+    try:
+        path = resolve_weights(weights, prefer_runs=False)
+    except MSRFError:
+        return None
+    if path.is_dir():
+        path = path / (HUB_WEIGHTS if (path / HUB_WEIGHTS).is_file() else WEIGHTS_NAME)
+    return path if path.is_file() else None
+
+
 def checkpoint_tiling(weights) -> tuple[int, float | None] | None:
     """(patch size, scale) of weights trained at native scale, None for the resize protocol (or
     weights that cannot be read: loading them names the problem). Reads only the stored
     config, so that the outputs can be planned before the model loads."""
     import json
 
+    path = model_file(weights)
+    if path is None:
+        return None
     try:
-        path = resolve_weights(weights, prefer_runs=False)
-        if path.is_dir():
-            path = path / (HUB_WEIGHTS if (path / HUB_WEIGHTS).is_file() else WEIGHTS_NAME)
         if path.suffix == ".safetensors":  # the config is in the header: no tensors read
             from safetensors import safe_open
 
