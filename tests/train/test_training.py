@@ -48,6 +48,8 @@ def test_run_directory_holds_everything(trained):
         assert (trained / name).is_file(), name
     rows = history(trained)
     assert [r["epoch"] for r in rows] == ["1", "2"]
+    best = json.loads((trained / "best_metrics.json").read_text())  # the same epoch numbers
+    assert best["epoch"] == int(max(rows, key=lambda r: float(r["val_dsc"]))["epoch"])
     assert all(np.isfinite(float(r["train_loss"])) and 0 <= float(r["val_dsc"]) <= 1 for r in rows)
     state, config, info = read_checkpoint(trained / "best.safetensors")
     assert config.image_size == 64 and config.epochs == 2 and info["variant"] == "official"

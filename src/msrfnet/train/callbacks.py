@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from msrfnet.metrics import per_image_dice_torch
 from msrfnet.model import predict_proba
@@ -21,7 +22,14 @@ from msrfnet.overlay import comparison_panel, encode_png
 from msrfnet.safe_output import atomic_write
 from msrfnet.weights.checkpoint import save_torch, save_weights
 
-__all__ = ["AtomicCheckpointIO", "WeightsExport", "CurvePlot", "plot_curves", "plot_predictions"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "ProgressBar",
+    "WeightsExport",
+    "CurvePlot",
+    "plot_curves",
+    "plot_predictions",
+]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -39,6 +47,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location=None, weights_only=True):
         # never unpickle arbitrary objects, whatever Lightning's own default is
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar without ``v_num``: the logger's version is the name of the run's
+    log folder ("logs"), which says nothing in a run folder of its own."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
 
 
 class WeightsExport(L.Callback):
@@ -59,7 +77,7 @@ class WeightsExport(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        metrics["epoch"] = trainer.current_epoch
+        metrics["epoch"] = trainer.current_epoch + 1  # counted from 1, as history.csv and the bar
         save_weights(self.run_dir / "last.safetensors", pl_module.model, pl_module.config, metrics)
         dsc = metrics.get("val/dsc", float("nan"))
         if dsc > self.best:
@@ -141,8 +159,8 @@ def plot_curves(rows: list[dict[str, float]], path: Path) -> None:
     a.plot(ep, [r["val_loss"] for r in rows], "s-", label="validation")
     a.set(
         xlabel="epoch",
-        ylabel="loss (2·Lseg(x) + BCE(edge) + Lseg(aux2) + Lseg(aux4))",
-        title="Loss",
+        ylabel="loss",
+        title="Loss: 2·Lseg(final) + BCE(edge) + Lseg(aux2) + Lseg(aux4)",
     )
     a.legend()
     b.plot(ep, [r["val_dsc"] for r in rows], "o-", color="tab:green")

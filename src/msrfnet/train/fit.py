@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +36,13 @@ from msrfnet.model import MSRFNet
 from msrfnet.model.hub import check_state_fits
 from msrfnet.options import check_devices, check_training_memory
 from msrfnet.safe_output import io_error
-from msrfnet.train.callbacks import AtomicCheckpointIO, CurvePlot, WeightsExport, plot_predictions
+from msrfnet.train.callbacks import (
+    AtomicCheckpointIO,
+    CurvePlot,
+    ProgressBar,
+    WeightsExport,
+    plot_predictions,
+)
 from msrfnet.train.module import MSRFModule, resolve_precision
 from msrfnet.train.precise_bn import PreciseBN
 from msrfnet.weights.checkpoint import _torch_load_safe, clean_state_dict
@@ -165,7 +172,7 @@ def _failures(run_dir: Path, discard: bool):
 
 
 def build_trainer(config: Config, run_dir: Path, steps_per_epoch: int) -> L.Trainer:
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     # a resumed run logs beside the earlier logs (Lightning's CSV logger would overwrite them)
@@ -215,7 +222,7 @@ def build_trainer(config: Config, run_dir: Path, steps_per_epoch: int) -> L.Trai
             CurvePlot(run_dir),
             checkpoint,
             _InterruptNotice(run_dir),
-            TQDMProgressBar(refresh_rate=10 if torch.cuda.is_available() else 1),
+            ProgressBar(refresh_rate=10 if torch.cuda.is_available() else 1),
             PreciseBN(config.precise_bn),
         ],
         logger=loggers,
@@ -377,7 +384,9 @@ def train(config: Config, resume: str | Path | None = None) -> Path:
         f"~{memory:.2f} GiB of activations per step and device"
     )
     t0 = time.perf_counter()
-    with _failures(run_dir, discard=False):
+    with _failures(run_dir, discard=False), warnings.catch_warnings():
+        # Lightning 2.6 still uses torch's LeafSpec; the deprecation is theirs, not the user's
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)`", FutureWarning)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if trainer.global_step <= step0:
         why = (
