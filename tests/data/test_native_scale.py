@@ -98,6 +98,7 @@ def test_native_run_records_the_mode_and_predict_tiles(
             [data / "test" / "images"], weights=native_run, out=tmp_path / "pred", exact=True
         )
     assert len(written) == 2 and "tiles of 32²" in lines[-1]
+    assert not any("not at native scale" in line for line in lines)  # they were trained so
     np.testing.assert_array_equal(read_mask(written[0]), result.mask)
     # msrf test tiles too, and says so in metrics.json
     assert main(["test", "--data", str(data), "--weights", str(native_run), "--out",

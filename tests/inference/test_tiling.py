@@ -267,6 +267,8 @@ def test_predict_large_tiff_through_the_memory_map(tmp_path, monkeypatch, caplog
             [inputs / "large.tif"], out=out, tile=64, overlay=True, probabilities=True
         )
     assert written == [out / "large.tif"] and "tiles of 64², overlap 0.25" in lines[-1]
+    # the shipped weights were trained on resized images: the scale is the user's to check
+    assert sum("resized to 64², not at native scale: choose --scale" in line for line in lines) == 1
     mask, prob = tifffile.imread(out / "large.tif"), tifffile.imread(out / "large_prob.tif")
     assert mask.shape == prob.shape == (600, 700) and (mask.dtype, prob.dtype) == (
         np.uint8,
