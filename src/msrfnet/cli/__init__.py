@@ -2,9 +2,11 @@
 
 One module per group of subcommands (``train``; ``infer``: test, predict, evaluate; ``tools``:
 check-data, split, export, bench, serve), the flags they share in ``flags``. Heavy imports (torch,
-Lightning) happen inside the subcommands so ``msrf --help`` is instant. User errors
+Lightning) happen inside the subcommands so ``msrf --help`` is instant. A bad option prints one
+line naming it and exits 2 (:class:`~msrfnet.cli.console.Parser`: no usage block). User errors
 (:class:`~msrfnet.errors.MSRFError`) print as lines with no traceback and exit 2; ``--debug``
-shows the traceback.
+shows the traceback. A reader that closes stdout early (``msrf test | head -2``) ends the output
+quietly, with no traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 
 from msrfnet.cli import infer, tools
 from msrfnet.cli import train as train_cmd
+from msrfnet.cli.console import Parser, discard_output, setup_logging
 from msrfnet.cli.train import DEMO, _explicit  # noqa: F401 - used by tests and the README
 from msrfnet.errors import MSRFError
 from msrfnet.version import __version__
@@ -23,7 +26,8 @@ __all__ = ["DEMO", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    """The ``msrf`` parser and its subcommands, all :class:`Parser` (one-line errors)."""
+    p = Parser(
         prog="msrf", description="MSRF-Net: train, test and apply it to 2D biomedical images."
     )
     p.add_argument("--version", action="version", version=f"msrfnet {__version__}")
@@ -41,49 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _ConsoleHandler(logging.StreamHandler):
-    """The commands' messages: INFO lines to whatever ``sys.stdout`` is at the time, warnings and
-    errors to ``sys.stderr`` (tests swap them between calls; ``msrf bench --json`` points stdout
-    at stderr). ``stream`` is stderr, so that tqdm's logging redirect recognises the handler."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value):
-        pass
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.WARNING:
-            super().emit(record)
-            return
-        try:
-            sys.stdout.write(self.format(record) + self.terminator)
-            sys.stdout.flush()
-        except Exception:
-            self.handleError(record)
-
-
-def _setup_logging() -> None:
-    pkg = logging.getLogger("msrfnet")
-    pkg.setLevel(logging.INFO)
-    if not any(isinstance(h, _ConsoleHandler) for h in pkg.handlers):
-        handler = _ConsoleHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        pkg.addHandler(handler)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; its exit status. A bad option exits 2 from the parser (SystemExit)."""
+    # A CLI process, not a library: a handler that cannot write drops the message (the Python
+    # docs' advice for production) rather than printing a traceback per message.
+    logging.raiseExceptions = False
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
-    _setup_logging()
+    setup_logging()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not as "Exception ignored" at exit
+        return code
+    except BrokenPipeError:
+        # The reader of stdout has gone (msrf test | head -2): stop quietly, exit 1.
+        discard_output(sys.stdout)
+        if args.debug:
+            raise
+        return 1
     except MSRFError as e:
         if args.debug:
             raise

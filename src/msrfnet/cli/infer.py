@@ -117,8 +117,18 @@ def add_test(sub) -> None:
         "--image-size", type=opt.image_size, help="model input size (default: from the checkpoint)"
     )
     t.add_argument("--out", help="output folder (default: <run>/test or ./msrf-test)")
-    t.add_argument("--batch-size", type=opt.positive_int, default=8)
-    t.add_argument("--threshold", type=opt.probability, default=0.5)
+    t.add_argument(
+        "--batch-size",
+        type=opt.positive_int,
+        default=8,
+        help="test images per batch (default 8)",
+    )
+    t.add_argument(
+        "--threshold",
+        type=opt.probability,
+        default=0.5,
+        help="foreground = probability ≥ T (default 0.5)",
+    )
     add_device_flags(t)
     t.add_argument(
         "--overwrite",
@@ -157,8 +167,18 @@ def add_predict(sub) -> None:
         "--probabilities", action="store_true", help="also write probability maps (16-bit PNG)"
     )
     t.add_argument("--tta", action="store_true", help="average over horizontal/vertical flips")
-    t.add_argument("--threshold", type=opt.probability, default=0.5)
-    t.add_argument("--batch-size", type=opt.positive_int, default=8)
+    t.add_argument(
+        "--threshold",
+        type=opt.probability,
+        default=0.5,
+        help="foreground = probability ≥ T (default 0.5)",
+    )
+    t.add_argument(
+        "--batch-size",
+        type=opt.positive_int,
+        default=8,
+        help="images per model call (default 8; with --tile: tiles per call)",
+    )
     t.add_argument(
         "--image-size", type=opt.image_size, help="model input size (default: from the checkpoint)"
     )

@@ -183,7 +183,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def add_check_data(sub) -> None:
     """The ``check-data`` subcommand."""
     t = sub.add_parser("check-data", help="validate a dataset folder before training")
-    t.add_argument("dir")
+    t.add_argument(
+        "dir",
+        help="dataset root: train/, val/ (or valid/) and test/, each with images/ and masks/ "
+        "(paired by file stem)",
+    )
     t.add_argument(
         "--mask-threshold",
         type=opt.finite_float,
@@ -201,21 +205,57 @@ def add_check_data(sub) -> None:
 def add_split(sub) -> None:
     """The ``split`` subcommand."""
     t = sub.add_parser("split", help="split a flat images/ + masks/ folder into train/val/test")
-    t.add_argument("src")
-    t.add_argument("--out", required=True)
-    t.add_argument("--val", type=float, default=0.1)
-    t.add_argument("--test", type=float, default=0.1)
-    t.add_argument("--seed", type=opt.seed, default=42)
-    t.add_argument("--splits-json", help="re-create a published split from its splits.json")
+    t.add_argument("src", help="a folder holding images/ and masks/ (paired by file stem)")
+    t.add_argument(
+        "--out",
+        required=True,
+        help="destination folder, new or empty: gets train/, val/ and test/ (each images/ + "
+        "masks/, files copied) and splits.json",
+    )
+    t.add_argument(
+        "--val",
+        type=float,
+        default=0.1,
+        help="share of the pairs for val: round(N×VAL) (default 0.1; VAL + TEST below 1)",
+    )
+    t.add_argument(
+        "--test",
+        type=float,
+        default=0.1,
+        help="share of the pairs for test: round(N×TEST) (default 0.1); train gets the rest",
+    )
+    t.add_argument(
+        "--seed",
+        type=opt.seed,
+        default=42,
+        help="seed of the random order (default 42): the same source, shares and seed give the "
+        "same split",
+    )
+    t.add_argument(
+        "--splits-json",
+        help="re-create a published split from its splits.json (its shares and seed "
+        "replace --val, --test and --seed)",
+    )
     t.set_defaults(func=cmd_split)
 
 
 def add_export(sub) -> None:
     """The ``export`` subcommand."""
-    t = sub.add_parser("export", help="export to ONNX (dynamic batch, height and width)")
+    t = sub.add_parser("export", help="export to ONNX, an int8 .pt2 or a bioimage.io package")
     add_model_flags(t)
-    t.add_argument("--out", default="msrfnet.onnx")
-    t.add_argument("--opset", type=opt.positive_int, default=17)
+    t.add_argument(
+        "--out",
+        default="msrfnet.onnx",
+        help="the model file (default: msrfnet.onnx; dynamic batch, height and width); "
+        "X.pt2 with --int8 writes the torchao + AOTInductor package instead (not used with "
+        "--bioimageio)",
+    )
+    t.add_argument(
+        "--opset",
+        type=opt.positive_int,
+        default=17,
+        help="ONNX opset version (default 17; not used for .pt2)",
+    )
     t.add_argument(
         "--image-size",
         type=opt.image_size,
@@ -264,9 +304,23 @@ def add_bench(sub) -> None:
     )
     t.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
     t.add_argument("--json", action="store_true", help="print one JSON object")
-    t.add_argument("--batch-size", type=opt.positive_int)
-    t.add_argument("--image-size", type=opt.image_size, default=256)
-    t.add_argument("--steps", type=opt.positive_int)
+    t.add_argument(
+        "--batch-size",
+        type=opt.positive_int,
+        help="training batch size (default: 32 on CUDA, 2 on the CPU; --data loader: 32)",
+    )
+    t.add_argument(
+        "--image-size",
+        type=opt.image_size,
+        default=256,
+        help="square input size, a multiple of 8 (default 256)",
+    )
+    t.add_argument(
+        "--steps",
+        type=opt.positive_int,
+        help="timed training steps (default: 20 on CUDA, 2 on the CPU, where inference times "
+        "at least 3)",
+    )
     t.add_argument(
         "--no-compile", action="store_true", help="leave torch.compile out of the optimized path"
     )
