@@ -81,6 +81,11 @@ def test_as_rgb_rules(files):
     stretched = (rgb.astype(np.float64) - rgb.min()) * 255 / (rgb.max() - rgb.min())
     np.testing.assert_array_equal(as_rgb(rgb.astype(np.uint16) * 300), np.rint(stretched))
     np.testing.assert_array_equal(as_rgb(rgb.astype(np.float32) / 7), np.rint(stretched))
+    # non-finite pixels: the files' rule and message (data.io.check_finite)
+    bad = rgb.astype(np.float32)
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(MSRFError, match=rf"scan: 1 of {bad.size} pixel values are NaN or infinite"):
+        as_rgb(bad, name="scan")
 
 
 def test_one_input_model_equals_two_input_pipeline(seg, files):

@@ -72,6 +72,8 @@ __all__ = [
     "PERCENTILE_SAMPLE",
     "to_uint8",
     "read_image",
+    "rgb_uint8",
+    "check_finite",
     "mask_channel",
     "nominal_range",
     "label_map_reason",
@@ -189,8 +191,8 @@ def read_raw(
                 arr = _decode_cv2(data)
                 if arr is None:
                     raise OSError("16-bit colour image OpenCV cannot decode")
-                return _finite(arr, label)
-            return _finite(_pil_to_array(im, keep_indices=keep_indices), label)
+                return check_finite(arr, label)
+            return check_finite(_pil_to_array(im, keep_indices=keep_indices), label)
     except UnidentifiedImageError:
         reason = (
             "not a readable image file "
@@ -207,13 +209,13 @@ def read_raw(
     if is_tiff:
         arr = _decode_cv2(data)
         if arr is not None:
-            return _finite(arr, label)
+            return check_finite(arr, label)
     raise MSRFError(f"{label}: {reason}")
 
 
-def _finite(arr: np.ndarray, label: str) -> np.ndarray:
-    """``arr``, or a one-line error for a float image with NaN or infinite pixels (stretched to
-    uint8 they would silently turn the whole image black)."""
+def check_finite(arr: np.ndarray, label: str) -> np.ndarray:
+    """``arr``, or a one-line error naming ``label`` for a float image with NaN or infinite pixels
+    (stretched to uint8 they would silently turn the whole image black)."""
     if arr.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         if bad:
@@ -260,7 +262,13 @@ def read_image(
 ) -> np.ndarray:
     """Read an image as H×W×3 uint8 RGB (alpha dropped, grey repeated, high depth stretched by
     ``normalize``: see :func:`to_uint8`)."""
-    arr = read_raw(path, name=name)
+    return rgb_uint8(read_raw(path, name=name), normalize)
+
+
+def rgb_uint8(arr: np.ndarray, normalize: str = "minmax") -> np.ndarray:
+    """Decoded pixels (H×W or H×W×C, C ≥ 3) as contiguous H×W×3 uint8 RGB: alpha dropped, high
+    depth stretched by ``normalize`` (:func:`to_uint8`), grey repeated. The one rule for files
+    (:func:`read_image`) and in-memory images (``msrfnet.inference.segmenter.as_rgb``)."""
     if arr.ndim == 3:
         arr = arr[:, :, :3]
     arr = to_uint8(arr, normalize)

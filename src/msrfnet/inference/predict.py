@@ -308,12 +308,6 @@ def run_predict(
     )
     tiling = seg.tiling
     size = seg.image_size
-    if tiling is not None and onnx is None and pt2 is None and checkpoint_tiling(weights) is None:
-        log.info(
-            f"note: these weights were trained on whole images resized to {size}², not at "
-            "native scale: choose --scale so that objects look as large as in training "
-            "(docs/LARGE_IMAGES.md, Scale)"
-        )
 
     written: list[Path] = []
     failures: list[str] = []

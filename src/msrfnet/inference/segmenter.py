@@ -15,6 +15,7 @@ arrays → float32 B×S×S probabilities (PyTorch, onnxruntime or an int8 packag
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from msrfnet.config import NORMALIZATIONS
-from msrfnet.data.io import read_image, to_uint8
+from msrfnet.data.io import check_finite, read_image, rgb_uint8
 from msrfnet.data.preprocess import model_inputs
 from msrfnet.errors import MSRFError
 from msrfnet.inference import runners
@@ -38,6 +39,8 @@ from msrfnet.inference.tiling import check_tiling, predict_tiled
 from msrfnet.options import check_image_size, check_threshold
 
 __all__ = ["Segmenter", "Segmentation", "as_rgb", "resolve_device"]
+
+log = logging.getLogger("msrfnet")
 
 
 @dataclass
@@ -74,14 +77,7 @@ def as_rgb(image: Any, name: str = "image", normalize: str = "minmax") -> np.nda
         )
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise MSRFError(f"{name}: unsupported pixel type {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        raise MSRFError(f"{name}: NaN or infinite pixel values")
-    if arr.ndim == 3:
-        arr = arr[:, :, :3]
-    arr = to_uint8(arr, normalize)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(arr)
+    return rgb_uint8(check_finite(arr, name), normalize)
 
 
 class Segmenter:
@@ -152,7 +148,8 @@ class Segmenter:
         threshold and normalisation come from the checkpoint or the export's metadata unless
         given. Weights trained at native scale (``msrf train --patch-size P [--scale S]``)
         predict tiled, with P × P tiles at the scale S they were trained at, unless ``tile`` /
-        ``scale`` say otherwise. The model file is ``.weights``, its config ``.config``."""
+        ``scale`` say otherwise; weights trained on resized images that are asked to tile log a
+        note to choose ``scale``. The model file is ``.weights``, its config ``.config``."""
         runner, path, cfg = runners.open_runner(
             weights,
             onnx=onnx,
@@ -167,6 +164,12 @@ class Segmenter:
                 kwargs["tile"] = image_size or cfg.patch_size
             if kwargs.get("scale") is None:
                 kwargs["scale"] = getattr(cfg, "scale", None)
+        elif onnx is None and pt2 is None and (kwargs.get("tile") or kwargs.get("scale")):
+            log.info(
+                f"note: these weights were trained on whole images resized to "
+                f"{cfg.image_size}², not at native scale: choose --scale so that objects look "
+                "as large as in training (docs/LARGE_IMAGES.md, Scale)"
+            )
         if kwargs.get("threshold") is None:
             kwargs["threshold"] = getattr(cfg, "threshold", 0.5)
         seg = cls(
