@@ -15,8 +15,9 @@ def add_model_flags(
     verb: str | None = None,
     weights_default: str = "the shipped weights",
 ) -> None:
-    """--weights (a run folder or weights file), and with a ``verb`` the exported models it can
-    run instead: --onnx and --pt2 (test and predict; one model per run: inference.runners)."""
+    """--weights (a run folder or weights file), and with a ``verb`` (test and predict) the
+    exported models it can run instead, --onnx and --pt2 (one model per run: inference.runners),
+    its input size and the threshold that turns its probabilities into masks."""
     p.add_argument(
         "--weights", help=f"run folder, .safetensors or .ckpt (default: {weights_default})"
     )
@@ -31,6 +32,15 @@ def add_model_flags(
         "--pt2",
         help=f"{verb} with this int8 package of msrf export --int8 --out X.pt2 "
         "(torchao + AOTInductor, CPU)",
+    )
+    p.add_argument(
+        "--image-size", type=opt.image_size, help="model input size (default: from the checkpoint)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=opt.probability,
+        default=0.5,
+        help="foreground = probability ≥ T (default 0.5)",
     )
 
 

@@ -113,21 +113,12 @@ def add_test(sub) -> None:
     t = sub.add_parser("test", help="metrics on a dataset's test split, tables and overlays")
     t.add_argument("--data", help="dataset folder (default: ./data/kdsb, else the bundled sample)")
     add_model_flags(t, "evaluate", "the newest run in ./runs, else the shipped weights")
-    t.add_argument(
-        "--image-size", type=opt.image_size, help="model input size (default: from the checkpoint)"
-    )
     t.add_argument("--out", help="output folder (default: <run>/test or ./msrf-test)")
     t.add_argument(
         "--batch-size",
         type=opt.positive_int,
         default=8,
         help="test images per batch (default 8)",
-    )
-    t.add_argument(
-        "--threshold",
-        type=opt.probability,
-        default=0.5,
-        help="foreground = probability ≥ T (default 0.5)",
     )
     add_device_flags(t)
     t.add_argument(
@@ -168,19 +159,10 @@ def add_predict(sub) -> None:
     )
     t.add_argument("--tta", action="store_true", help="average over horizontal/vertical flips")
     t.add_argument(
-        "--threshold",
-        type=opt.probability,
-        default=0.5,
-        help="foreground = probability ≥ T (default 0.5)",
-    )
-    t.add_argument(
         "--batch-size",
         type=opt.positive_int,
         default=8,
         help="images per model call (default 8; with --tile: tiles per call)",
-    )
-    t.add_argument(
-        "--image-size", type=opt.image_size, help="model input size (default: from the checkpoint)"
     )
     add_device_flags(t)
     again = t.add_mutually_exclusive_group()
