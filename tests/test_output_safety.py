@@ -19,10 +19,7 @@ from msrfnet.cli import main
 from msrfnet.errors import MSRFError
 from msrfnet.safe_output import MANIFEST, OutputFolder, file_target, refuse_inside_inputs
 
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")

@@ -52,12 +52,8 @@ REQUIRED = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # robust on a busy 2-core CI machine; the bench caps at min(2, this)
-    yield
-    torch.set_num_threads(old)
+# robust on a busy 2-core CI machine; the bench caps its threads at min(2, this)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- sub-pixel transposed convolution -------------------------------------------------------------

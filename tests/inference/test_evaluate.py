@@ -22,10 +22,7 @@ from msrfnet.weights.resolve import resolve_weights
 N_TEST = 5  # images in the bundled sample's test split
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    # the bundled sample's cache goes to the user cache folder; keep it out of the home folder
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")

@@ -55,14 +55,6 @@ def _wait(
     pytest.fail(f"timed out after {timeout} s waiting for {what}\n{log.read_text()[-5000:]}")
 
 
-@pytest.fixture()
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return real_subset(tmp_path_factory.mktemp("kdsb"), {"train": 4, "val": 2, "test": 1})

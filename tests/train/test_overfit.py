@@ -53,18 +53,6 @@ class LossLog(L.Callback):
         self.eval_mode_steps += any(not m.training for m in pl_module.model.modules())
 
 
-@pytest.fixture()
-def one_thread():
-    """One intra-op thread: on 2 shared cores, 2 threads run this loop 4x slower than 1 as soon as
-    another process competes (measured: 2.85 vs 0.65 s per step; the whole test took 1165 s with
-    2 threads under load, 202 s with 1), and only ~1.4x faster when the cores are free
-    (0.45 s/step)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _one_image(tmp: Path) -> MSRFDataset:
     src = sample_root() / "train"
     image = sorted((src / "images").iterdir())[INDEX]

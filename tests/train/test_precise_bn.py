@@ -40,15 +40,6 @@ from msrfnet.weights.resolve import SHIPPED_WEIGHTS
 SIZE = 32
 
 
-@pytest.fixture()
-def one_thread():
-    """One intra-op thread: on 2 shared cores far faster than 2 once other processes compete."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def sample():
     data = MSRFDataModule(Config(image_size=SIZE, batch_size=4, workers=0), sample_root())
