@@ -141,21 +141,22 @@ class OutputFolder:
 
     def state(self, name: str) -> str:
         """``absent``, ``ours`` (content msrf wrote under this name) or ``foreign``."""
+        return self._content(name)[0]
+
+    def _content(self, name: str) -> tuple[str, set]:
+        """:meth:`state`, and for ``ours`` the settings digests its current content was written
+        with (one read of the file for both)."""
         path = self.root / name
         if not path.exists() and not path.is_symlink():
-            return "absent"
+            return "absent", set()
         if path.is_symlink() or not path.is_file():
-            return "foreign"
-        hashes = self._records().get(name)
+            return "foreign", set()
         try:
-            return "ours" if hashes and file_digest(path) in hashes else "foreign"
+            digest = file_digest(path)
         except OSError as e:
             raise io_error(path, e, "cannot read") from e
-
-    def same_settings(self, name: str) -> bool:
-        """Whether the file ``name`` (an msrf output) was written with this folder's settings."""
-        digest = file_digest(self.root / name)
-        return self.settings in self._records().get(name, {}).get(digest, set())
+        settings = self._records().get(name, {}).get(digest)
+        return ("ours", settings) if settings is not None else ("foreign", set())
 
     def _refusal(self, name: str, state: str) -> MSRFError:
         path = self.root / name
@@ -185,13 +186,13 @@ class OutputFolder:
         done = []
         allowed = self.overwrite or skip_existing
         for names in groups:
-            states = [self.state(n) for n in names]
-            for name, state in zip(names, states):
+            contents = [self._content(n) for n in names]
+            for name, (state, _) in zip(names, contents):
                 if state == "foreign" or (state == "ours" and not allowed):
                     raise self._refusal(name, state)
-            finished = skip_existing and all(s == "ours" for s in states)
-            for name in names if finished else ():
-                if not self.same_settings(name):
+            finished = skip_existing and all(state == "ours" for state, _ in contents)
+            for name, (_, settings) in zip(names, contents) if finished else ():
+                if self.settings not in settings:
                     raise self._refusal(name, "other settings")
             done.append(finished)
         return done
