@@ -59,6 +59,7 @@ from msrfnet.inference.report import (  # noqa: F401 - re-exported: part of msrf
     PAPER_METRICS,
     format_table,
     ranked,
+    report_folder,
     write_outputs,
     write_overlays,
 )
@@ -68,7 +69,7 @@ from msrfnet.inference.tiling import check_tiling
 from msrfnet.metrics import per_image_table, summarize
 from msrfnet.object_metrics import object_scores
 from msrfnet.options import check_image_size, check_threshold
-from msrfnet.safe_output import OutputFolder, refuse_inside_inputs
+from msrfnet.safe_output import refuse_inside_inputs
 from msrfnet.weights.resolve import run_dir_of
 
 __all__ = [
@@ -172,13 +173,7 @@ def run_test(
     log.info(message)
     out = Path(out) if out is not None else default_out(path)
     refuse_inside_inputs(out, [root])
-    target = OutputFolder(out, "msrf test", overwrite=overwrite)
-    panels = sorted(
-        f"overlays/{p.name}"
-        for pattern in ("best_*.png", "worst_*.png")
-        for p in (out / "overlays").glob(pattern)
-    )
-    target.plan([["metrics.json"], ["metrics.csv"], *([name] for name in panels)])
+    target = report_folder(out, "msrf test", overwrite)
     cache = load_or_build_cache(
         root,
         "test",

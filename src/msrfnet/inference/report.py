@@ -21,10 +21,12 @@ __all__ = [
     "PAPER_METRICS",
     "OTHER_METRICS",
     "OBJECT_METRICS",
+    "report_folder",
     "write_outputs",
     "ranked",
     "write_overlays",
     "format_table",
+    "format_value",
 ]
 
 N_OVERLAYS = 8
@@ -109,6 +111,22 @@ def ranked(rows: list[dict[str, Any]], count: int = N_OVERLAYS) -> tuple[list[in
     return best, worst
 
 
+def _earlier_panels(root: Path) -> list[str]:
+    """The best/worst panels of an earlier report in ``root/overlays``, relative to ``root``."""
+    folder = root / "overlays"
+    found = [p for pattern in ("best_*.png", "worst_*.png") for p in folder.glob(pattern)]
+    return sorted(f"overlays/{p.name}" for p in found)
+
+
+def report_folder(out: Path, command: str, overwrite: bool) -> OutputFolder:
+    """The output folder of ``msrf test`` / ``msrf evaluate``, checked before any work: its
+    ``metrics.json``, ``metrics.csv`` and an earlier report's panels are replaced only as
+    :class:`~msrfnet.safe_output.OutputFolder` allows (``overwrite``, msrf's own files)."""
+    target = OutputFolder(out, command, overwrite=overwrite)
+    target.plan([["metrics.json"], ["metrics.csv"], *([n] for n in _earlier_panels(out))])
+    return target
+
+
 def write_overlays(
     target: OutputFolder,
     images: np.ndarray,
@@ -118,9 +136,8 @@ def write_overlays(
 ) -> list[Path]:
     """The best/worst comparison panels in ``overlays/``; an earlier test's panels (msrf's, by
     the manifest) are removed first, nothing else is."""
-    folder = target.root / "overlays"
-    for old in [*folder.glob("best_*.png"), *folder.glob("worst_*.png")]:
-        target.remove(f"overlays/{old.name}")
+    for name in _earlier_panels(target.root):
+        target.remove(name)
     best, worst = ranked(rows)
     written = []
     for kind, order in (("best", best), ("worst", worst)):
@@ -138,7 +155,8 @@ def write_overlays(
 # --- the printed table --------------------------------------------------------------------------
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A metric as printed: 4 decimals, integers as they are, None/NaN as ``n/a``."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return str(value) if isinstance(value, int) else f"{value:.4f}"
@@ -152,13 +170,13 @@ def format_table(result: Mapping[str, Any]) -> str:
     for group in (PAPER_METRICS, OTHER_METRICS):
         for key, label, protocol in group:
             lines.append(
-                f"{label:<15} {protocol:<40} {_fmt(result.get(key)):>10} "
-                f"{_fmt(result.get(f'orig_{key}')):>10}"
+                f"{label:<15} {protocol:<40} {format_value(result.get(key)):>10} "
+                f"{format_value(result.get(f'orig_{key}')):>10}"
             )
         lines.append("")
     if "dsb_map" in result:  # objects: at the original resolution only
         for key, label, protocol in OBJECT_METRICS:
-            lines.append(f"{label:<15} {protocol:<40} {'':>10} {_fmt(result.get(key)):>10}")
+            lines.append(f"{label:<15} {protocol:<40} {'':>10} {format_value(result.get(key)):>10}")
         lines.append("")
     lines.append(
         f"{result.get('n_images', 0)} images; the paper reports the first four at the model "

@@ -31,7 +31,6 @@ Outputs in ``out`` (:class:`~msrfnet.safe_output.OutputFolder`, as ``msrf test``
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,13 +59,15 @@ from msrfnet.inference.report import (
     OBJECT_METRICS,
     OTHER_METRICS,
     PAPER_METRICS,
+    format_value,
+    report_folder,
     write_outputs,
     write_overlays,
 )
 from msrfnet.metrics import per_image_table, summarize
 from msrfnet.object_metrics import OBJECT_KEYS, object_scores, summarize_objects
 from msrfnet.options import check_threshold
-from msrfnet.safe_output import OutputFolder, refuse_inside_inputs
+from msrfnet.safe_output import refuse_inside_inputs
 
 __all__ = [
     "DEFAULT_OUT",
@@ -249,13 +250,7 @@ def run_evaluate(
     # never among the input folders (two files: OutputFolder alone keeps them safe)
     folders = [Path(p) for p in (pred, gt, images) if p is not None and Path(p).is_dir()]
     refuse_inside_inputs(out, folders)
-    target = OutputFolder(out, "msrf evaluate", overwrite=overwrite)
-    panels = sorted(
-        f"overlays/{p.name}"
-        for pattern in ("best_*.png", "worst_*.png")
-        for p in (out / "overlays").glob(pattern)
-    )
-    target.plan([["metrics.json"], ["metrics.csv"], *([name] for name in panels)])
+    target = report_folder(out, "msrf evaluate", overwrite)
     gt_labels = truths_are_labels(items)
     if instances and not gt_labels:
         raise MSRFError(
@@ -352,12 +347,6 @@ def _picture(item: Item, row: dict[str, Any]) -> np.ndarray:
     return rgb
 
 
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return str(value) if isinstance(value, int) else f"{value:.4f}"
-
-
 def format_summary(result: dict[str, Any]) -> str:
     """The pixel metrics (one column: each image's own size) and, when computed, the objects."""
 
@@ -368,7 +357,7 @@ def format_summary(result: dict[str, Any]) -> str:
     )
     for group in groups:
         for key, label, protocol in group:
-            lines.append(f"{label:<16} {protocol:<52} {_fmt(result.get(key)):>8}")
+            lines.append(f"{label:<16} {protocol:<52} {format_value(result.get(key)):>8}")
         lines.append("")
     lines.append(f"{result.get('n_images', 0)} images, at their own size")
     return "\n".join(lines)
