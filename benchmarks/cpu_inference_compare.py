@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from msrfnet.accel.cpu import flush_denormals, optimize_for_cpu_inference
-    from msrfnet.accel.onnx import export_onnx
-    from msrfnet.accel.onnx_int8 import export_int8
+    from msrfnet.export.onnx import export_onnx
+    from msrfnet.export.onnx_int8 import export_int8
     from msrfnet.model.loading import load_model
     from msrfnet.weights.resolve import resolve_weights
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""int8 MSRF-Net compiled by inductor (``msrfnet.accel.pt2_int8``) against the bfloat16 fast path,
+"""int8 MSRF-Net compiled by inductor (``msrfnet.export.pt2_int8``) against the bfloat16 fast path,
 on the CPU.
 
     # timing + test DSC, 2 threads
@@ -45,14 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from msrfnet.accel.cpu import flush_denormals, optimize_for_cpu_inference
-    from msrfnet.accel.onnx_int8 import calibration_files
-    from msrfnet.accel.pt2_int8 import (
+    from msrfnet.data import MSRFDataset, load_or_build_cache, resolve_data_root
+    from msrfnet.export.onnx_int8 import calibration_files
+    from msrfnet.export.pt2_int8 import (
         calibration_feeds,
         compile_int8,
         compile_package,
         quantize_model,
     )
-    from msrfnet.data import MSRFDataset, load_or_build_cache, resolve_data_root
     from msrfnet.metrics import per_image_table, summarize
     from msrfnet.model.loading import load_model
     from msrfnet.weights.resolve import SHIPPED_WEIGHTS

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Where the time of the int8 CPU forward goes: inductor's per-kernel profile of
-``msrfnet.accel.pt2_int8``.
+``msrfnet.export.pt2_int8``.
 
     python benchmarks/cpu_int8_profile.py                  # shipped path (channels-last shuffle)
     python benchmarks/cpu_int8_profile.py --shuffle pixel  # F.pixel_shuffle's order, as before
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch._inductor.config as inductor_config
     from torch.profiler import ProfilerActivity, profile
 
-    import msrfnet.accel.onnx_int8 as quantize
+    import msrfnet.export.onnx_int8 as quantize
     from msrfnet.accel.cpu import flush_denormals
-    from msrfnet.accel.pt2_int8 import calibration_feeds, compile_int8, quantize_model
     from msrfnet.data import sample_root
+    from msrfnet.export.pt2_int8 import calibration_feeds, compile_int8, quantize_model
     from msrfnet.model.loading import load_model
     from msrfnet.weights.resolve import SHIPPED_WEIGHTS
 

@@ -274,7 +274,7 @@ def test_export_refusals_are_one_line(weights, tmp_path, capsys):
 
 
 def test_export_rerun_and_disk_full(weights, tmp_path, capsys, monkeypatch):
-    import msrfnet.accel.onnx as export_mod
+    import msrfnet.export.onnx as export_mod
 
     out = tmp_path / "new" / "m.onnx"  # a missing folder is created
     args = ["export", "--weights", str(weights), "--image-size", "8", "--out", str(out)]
@@ -295,8 +295,8 @@ def test_export_rerun_and_disk_full(weights, tmp_path, capsys, monkeypatch):
 
 
 def test_int8_exports_check_their_output_first(weights, tmp_path):
-    from msrfnet.accel.onnx import export_onnx
-    from msrfnet.accel.onnx_int8 import export_int8, quantize_onnx
+    from msrfnet.export.onnx import export_onnx
+    from msrfnet.export.onnx_int8 import export_int8, quantize_onnx
 
     calib = _images(tmp_path / "calib")
     src = export_onnx(weights, tmp_path / "src" / "fp32.onnx", image_size=8)

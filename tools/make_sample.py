@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from msrfnet.data.io import foreground_to_grey, list_image_files, read_image, read_mask
+from msrfnet.data.files import list_image_files
+from msrfnet.data.io import foreground_to_grey, read_image, read_mask
 from msrfnet.data.preprocess import resize_image, resize_mask
 
 SIZE = 256

@@ -13,12 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from msrfnet.data.io import (
-    label_map_reason,
-    pair_files,
-    read_image,
-    read_mask,
-)
+from msrfnet.data.files import pair_files
+from msrfnet.data.io import label_map_reason, read_image, read_mask
 from msrfnet.errors import MSRFError
 
 # ---------------------------------------------------------------- pairing

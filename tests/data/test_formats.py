@@ -12,7 +12,8 @@ import tifffile
 from _data_helpers import blob_pair, save
 from _model_helpers import make_weights, use_runner
 
-from msrfnet.cli import _explicit, build_parser, main
+from msrfnet.cli import build_parser, main
+from msrfnet.cli.train import _explicit
 from msrfnet.config import Config
 from msrfnet.data import check_data, load_or_build_cache, pair_files, read_image, resize_image
 from msrfnet.data.io import PERCENTILES, to_uint8

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from msrfnet.data.io import foreground_to_grey, list_image_files, read_image, read_mask
+from msrfnet.data.files import list_image_files
+from msrfnet.data.io import foreground_to_grey, read_image, read_mask
 from msrfnet.data.preprocess import (
     binarise_grey,
     canny_map,

@@ -1,6 +1,6 @@
-"""Acceleration and export: exact faster forms of the model (``subpixel``), the CPU inference copy
-(``cpu``: bfloat16, denormal flushing), ONNX (``onnx``: one input by default), int8 (``onnx_int8``
-through onnxruntime, ``pt2_int8`` through torchao + AOTInductor, run by ``pt2_runner``) and the
-BioImage Model Zoo package (``bioimageio``)."""
+"""Runtime speed-ups that compute the same function: the CPU inference copy (``cpu``: bfloat16,
+channels-last, sub-pixel up-convolutions, denormal flushing) and the runner of an int8 AOTInductor
+package (``pt2_runner``). The exports that produce files (ONNX, int8, bioimage.io) are
+:mod:`msrfnet.export`."""
 
 __all__: list[str] = []

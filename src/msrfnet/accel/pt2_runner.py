@@ -1,5 +1,5 @@
 """Loading and running an int8 AOTInductor package of ``msrf export --int8 --out X.pt2``
-(:mod:`msrfnet.accel.pt2_int8` writes it): :class:`Pt2Runner`, behind ``msrf predict/test --pt2``.
+(:mod:`msrfnet.export.pt2_int8` writes it): :class:`Pt2Runner`, behind ``msrf predict/test --pt2``.
 
 Kept apart from the export so that running a package needs neither torchao nor the quantizer, and
 so that the rules a package and its runner share (its format tag, its contiguous NCHW inputs) live

@@ -18,7 +18,7 @@ import sys
 from msrfnet.cli import infer, tools
 from msrfnet.cli import train as train_cmd
 from msrfnet.cli.console import Parser, discard_output, setup_logging
-from msrfnet.cli.train import DEMO, _explicit  # noqa: F401 - used by tests and the README
+from msrfnet.cli.train import DEMO
 from msrfnet.errors import MSRFError
 from msrfnet.version import __version__
 

@@ -25,7 +25,7 @@ __all__ = [
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from msrfnet.inference.evaluate import run_test
+    from msrfnet.inference.test import run_test
 
     run_test(
         data=args.data,
@@ -90,7 +90,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from msrfnet.inference.score import run_evaluate
+    from msrfnet.inference.evaluate import run_evaluate
 
     run_evaluate(
         args.pred,
@@ -194,7 +194,7 @@ def add_predict(sub) -> None:
 
 def add_evaluate(sub) -> None:
     """The ``evaluate`` subcommand."""
-    from msrfnet.inference.score import DEFAULT_OUT as EVALUATE_OUT
+    from msrfnet.inference.evaluate import DEFAULT_OUT as EVALUATE_OUT
 
     t = sub.add_parser(
         "evaluate",

@@ -60,7 +60,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 f"{args.out}: a .pt2 package is the int8 CPU model; "
                 "add --int8 (or write an .onnx file)"
             )
-        from msrfnet.accel.pt2_int8 import export_int8_pt2
+        from msrfnet.export.pt2_int8 import export_int8_pt2
 
         export_int8_pt2(
             args.weights,
@@ -72,7 +72,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         return 0
     if args.int8:
-        from msrfnet.accel.onnx_int8 import export_int8
+        from msrfnet.export.onnx_int8 import export_int8
 
         export_int8(
             args.weights,
@@ -84,7 +84,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
         return 0
-    from msrfnet.accel.onnx import export_onnx
+    from msrfnet.export.onnx import export_onnx
 
     if args.bioimageio:
         return _export_bioimageio(args)
@@ -103,8 +103,8 @@ def _export_bioimageio(args: argparse.Namespace) -> int:
     """The one-input ONNX in a temporary folder, then the bioimage.io package around it."""
     import tempfile
 
-    from msrfnet.accel.bioimageio import package_bioimageio
-    from msrfnet.accel.onnx import export_onnx
+    from msrfnet.export.bioimageio import package_bioimageio
+    from msrfnet.export.onnx import export_onnx
     from msrfnet.model.loading import load_model
     from msrfnet.weights.resolve import resolve_weights
 

@@ -52,15 +52,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from msrfnet.data.check import CheckReport, check_data
     from msrfnet.data.datamodule import MSRFDataModule
     from msrfnet.data.dataset import MSRFDataset, SampleSource
-    from msrfnet.data.io import (
-        IMAGE_EXTENSIONS,
-        Pair,
-        binarise_mask,
-        label_map_reason,
-        pair_files,
-        read_image,
-        read_mask,
-    )
+    from msrfnet.data.files import IMAGE_EXTENSIONS, Pair, pair_files
+    from msrfnet.data.io import binarise_mask, label_map_reason, read_image, read_mask
     from msrfnet.data.layout import SPLITS, split_dir, split_pairs
     from msrfnet.data.native import NativeDataset
     from msrfnet.data.preprocess import (

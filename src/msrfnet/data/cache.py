@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from msrfnet.data.io import Pair, display_name, read_image, read_mask
+from msrfnet.data.files import Pair, display_name
+from msrfnet.data.io import read_image, read_mask
 from msrfnet.data.layout import split_pairs
 from msrfnet.data.preprocess import preprocess_pair
 from msrfnet.data.root import sample_root

@@ -14,14 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from msrfnet.data.files import IMAGE_EXTENSIONS, Pair, display_name, pair_files
 from msrfnet.data.io import (
-    IMAGE_EXTENSIONS,
-    Pair,
     binarise_mask,
     check_mask_threshold,
-    display_name,
     mask_channel,
-    pair_files,
     read_image,
     read_raw,
 )

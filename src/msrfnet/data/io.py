@@ -44,29 +44,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from msrfnet.config import NORMALIZATIONS
-from msrfnet.data.files import (  # noqa: F401 - re-exported: data.io was their home
-    IMAGE_EXTENSIONS,
-    Pair,
-    Pairing,
-    display_name,
-    files_by_stem,
-    is_image_file,
-    list_image_files,
-    pair_files,
-)
 from msrfnet.errors import MSRFError
 from msrfnet.safe_output import describe_os_error
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "LABEL_MAP_MIN_FRACTION",
-    "Pair",
-    "Pairing",
-    "display_name",
-    "is_image_file",
-    "list_image_files",
-    "files_by_stem",
-    "pair_files",
     "read_raw",
     "PERCENTILES",
     "PERCENTILE_SAMPLE",

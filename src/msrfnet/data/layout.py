@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msrfnet.data.io import Pair, Pairing, pair_files
+from msrfnet.data.files import Pair, Pairing, pair_files
 from msrfnet.errors import MSRFError
 
 __all__ = [

@@ -27,7 +27,8 @@ import torch
 
 from msrfnet.data.augment import Augment
 from msrfnet.data.dataset import SampleSource, TrainingSamples
-from msrfnet.data.io import display_name, foreground_to_grey, read_image, read_mask
+from msrfnet.data.files import display_name
+from msrfnet.data.io import foreground_to_grey, read_image, read_mask
 from msrfnet.data.layout import split_pairs
 from msrfnet.data.resample import rescale
 from msrfnet.errors import MSRFError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msrfnet.data.io import is_image_file
+from msrfnet.data.files import is_image_file
 from msrfnet.errors import MSRFError
 
 __all__ = ["DEFAULT_DATA", "sample_root", "resolve_data_root"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from msrfnet.data.io import Pair, pair_files
+from msrfnet.data.files import Pair, pair_files
 from msrfnet.data.layout import SPLITS, require_pairs
 from msrfnet.errors import MSRFError
 

@@ -1,50 +1,53 @@
-"""``msrf test``: metrics on a dataset's test split, at two resolutions, with tables and overlays.
+"""``msrf evaluate PRED GT``: score any predictions against any ground truth, paired by stem.
 
-Two protocols, side by side (definitions and empty-mask policy: :mod:`msrfnet.metrics`):
+``PRED`` and ``GT`` are two folders (or two files). A prediction pairs with the truth of the same
+file stem; with ``mask_suffix`` a truth's stem is the prediction's plus the suffix (ISIC's
+``<id>_segmentation.png``). A ``msrf predict`` output folder works as ``PRED`` as it is:
+``<stem>_labels.*`` (objects) and ``<stem>_prob.*`` (probabilities) belong to ``<stem>``,
+``<stem>_overlay.*`` and other files are ignored. A truth without a prediction is an error (the
+score would silently cover fewer images); predictions without a truth are named and left out.
 
-* **model resolution** — the paper's protocol (spec §2.6): the prediction at S×S against the
-  binarised S×S mask of the cache (the resized grey mask ≥ 128, exactly the training target);
-* **original resolution** — what a user of the masks gets: the S×S probability map resized back
-  to the image's original H×W (OpenCV bilinear) and then thresholded, against the mask file read
-  from disk and binarised as the data package does.
+**Pixel metrics** — those of ``msrf test`` (:mod:`msrfnet.metrics`: :func:`per_image_table`,
+:func:`summarize`), at each image's own size (``msrf test``'s *original resolution* protocol):
+nothing is resized, and a prediction whose size differs from its truth's is an error. Masks are
+binarised by the data package's rules (:func:`msrfnet.data.io.read_mask`; ``mask_threshold`` as
+``--mask-threshold``); a probability map (``<stem>_prob``: 16-bit PNG of p·65535, 8-bit of p·255,
+or a float TIFF in [0, 1]) is thresholded at ``threshold``; a label image counts as its non-zero
+pixels.
 
-The model input is the training pre-processing (Lanczos resize, /255, Canny with the
-checkpoint's thresholds), read from the data package's cache at the test image size.
+**Object metrics** (:mod:`msrfnet.object_metrics`: the 2018 DSB mean AP over IoU 0.50:0.95,
+F1 at IoU 0.5, count error) when the truths are label images (some file holds more than one
+object: :func:`msrfnet.data.io.is_label_image`; then every truth is read as labels) and either
+every prediction has labels (``<stem>_labels``, or a label image itself) or ``instances`` is set:
+then a prediction without labels is split into objects (:func:`split_instances` on its
+probabilities, else on its mask, with ``min_size`` and ``seed_distance``).
 
-Output folder (default ``<run dir>/test`` for weights inside a run directory, else ``./msrf-test``):
-
-* ``metrics.json`` — one flat object: :func:`msrfnet.metrics.summarize`'s keys at model resolution
-  (``dsc`` is the paper's headline, the mean per-image DSC), the same keys prefixed ``orig_`` at
-  original resolution, and ``n_images``, ``image_size``, ``threshold``, ``weights``, ``data``,
-  ``variant``, ``numerics`` (float32, or bfloat16 on a CPU with native bf16 unless ``--exact``,
-  or on CUDA). Undefined values (NaN, e.g. HD95 when every prediction is empty) are ``null``;
-* ``metrics.csv`` — one row per image: file, original size, the per-image metrics at model
-  resolution, then the same prefixed ``orig_``;
-* with ``instances`` (``--instances --instances-gt DIR``): the object metrics of
-  :mod:`msrfnet.object_metrics` (``dsb_map``, ``f1_iou50``, ``count_error``, …; per image in the
-  CSV, summarised in the JSON) at original resolution: each probability map, resized back,
-  split into objects (:func:`~msrfnet.inference.instances.split_instances`), against the label
-  image of the same stem in ``instances_gt`` (one value per object, e.g. uint16 PNGs);
-* ``overlays/best_01_<stem>.png`` … and ``worst_01_<stem>.png`` … — the 8 best and 8 worst images
-  by model-resolution DSC (fewer for smaller test sets): image | truth (green) | prediction
-  (magenta, with the truth's outline in green), at model resolution, enlarged to ≥ 256 px.
-
-The output folder may not lie inside the dataset, and an earlier test's outputs are replaced only
-with ``overwrite`` (``--overwrite``; then its stale panels are removed too); a file msrf did not
-write is never replaced or removed (:mod:`msrfnet.safe_output`).
+Outputs in ``out`` (:class:`~msrfnet.safe_output.OutputFolder`, as ``msrf test``):
+``metrics.json`` (the summaries, the object keys next to the pixel keys, and what was compared),
+``metrics.csv`` (one row per image) and, with ``images`` (a folder of the images, paired by stem),
+``overlays/best_NN_<stem>.png`` / ``worst_NN_<stem>.png`` by DSC.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from msrfnet.data import MSRFDataset, load_or_build_cache, read_image, read_mask, resolve_data_root
-from msrfnet.data.io import files_by_stem, read_labels
+from msrfnet.data.files import files_by_stem
+from msrfnet.data.io import (
+    binarise_mask,
+    is_label_image,
+    mask_channel,
+    read_image,
+    read_labels,
+    read_mask,
+    read_raw,
+)
 from msrfnet.errors import MSRFError
 from msrfnet.inference.instances import (
     MIN_SIZE,
@@ -52,282 +55,309 @@ from msrfnet.inference.instances import (
     check_instance_options,
     split_instances,
 )
-from msrfnet.inference.report import (  # noqa: F401 - re-exported: part of msrf test's API
-    N_OVERLAYS,
+from msrfnet.inference.report import (
     OBJECT_METRICS,
     OTHER_METRICS,
     PAPER_METRICS,
-    format_table,
-    ranked,
+    format_value,
     report_folder,
     write_outputs,
     write_overlays,
 )
-from msrfnet.inference.runners import to_original_size
-from msrfnet.inference.segmenter import Segmenter
-from msrfnet.inference.tiling import check_tiling
 from msrfnet.metrics import per_image_table, summarize
-from msrfnet.object_metrics import object_scores
-from msrfnet.options import check_image_size, check_threshold
+from msrfnet.object_metrics import OBJECT_KEYS, object_scores, summarize_objects
+from msrfnet.options import check_threshold
 from msrfnet.safe_output import refuse_inside_inputs
-from msrfnet.weights.resolve import run_dir_of
 
 __all__ = [
-    "N_OVERLAYS",
     "DEFAULT_OUT",
-    "PAPER_METRICS",
-    "OTHER_METRICS",
-    "OBJECT_METRICS",
-    "default_out",
-    "run_test",
-    "write_outputs",
-    "ranked",
-    "write_overlays",
-    "format_table",
+    "Item",
+    "Predicted",
+    "pair_predictions",
+    "to_probability",
+    "read_prediction",
+    "truths_are_labels",
+    "run_evaluate",
+    "format_summary",
 ]
 
 log = logging.getLogger("msrfnet")
 
-DEFAULT_OUT = Path("msrf-test")
-
-_ROW_KEYS = ("tp", "fp", "fn", "tn", "dsc", "iou", "precision", "recall", "f2", "accuracy", "hd95")
-
-
-def default_out(weights: Path) -> Path:
-    """``<run dir>/test`` when the weights belong to a run directory, else ``./msrf-test``."""
-    run = run_dir_of(weights)
-    return run / "test" if run is not None else DEFAULT_OUT
+DEFAULT_OUT = Path("msrf-evaluate")
+LABELS, PROB, OVERLAY = "_labels", "_prob", "_overlay"  # msrf predict's extra outputs
 
 
-def _cache_dir(cfg) -> str | None:
-    # a cache folder recorded on another machine would not exist here: fall back to the default
-    return cfg.cache_dir if cfg.cache_dir and Path(cfg.cache_dir).is_dir() else None
+@dataclass
+class Item:
+    """One truth and what predicts it."""
+
+    stem: str
+    truth: Path
+    mask: Path | None = None
+    prob: Path | None = None
+    labels: Path | None = None
+    image: Path | None = None
+
+    @property
+    def prediction(self) -> Path:
+        return next(p for p in (self.mask, self.prob, self.labels) if p is not None)
 
 
-def run_test(
-    data: str | Path | None = None,
-    weights: str | Path | None = None,
-    image_size: int | None = None,
-    out: str | Path | None = None,
-    batch_size: int = 8,
-    threshold: float = 0.5,
-    exact: bool = False,
-    onnx: str | Path | None = None,
-    pt2: str | Path | None = None,
-    overwrite: bool = False,
-    instances: bool = False,
-    instances_gt: str | Path | None = None,
-    min_size: int | None = None,
-    seed_distance: int | None = None,
-    mask_suffix: str | None = None,
-    tile: int | None = None,
-    overlap: float = 0.25,
-    scale: float | None = None,
-    device: str | None = "auto",
-) -> dict[str, Any]:
-    """Evaluate ``weights`` on the test split of ``data`` (see the module docstring); ``exact``
-    runs float32 on a CPU that would otherwise use the bfloat16 fast path; ``onnx`` evaluates an
-    exported (float32 or int8) model through onnxruntime instead, with the image size and Canny
-    thresholds of its metadata; ``mask_suffix`` pairs masks named ``<stem><suffix>`` (default:
-    the checkpoint's); ``pt2`` likewise an int8 AOTInductor package (``msrf export
-    --int8 --out X.pt2``). The model runs through :class:`~msrfnet.inference.segmenter.Segmenter`
-    on ``device`` (auto, cpu, cuda, cuda:N or mps).
+def _found(folder: Path, suffix: str, what: str) -> dict[str, Path]:
 
-    Tiled (``tile`` / ``scale``, or weights trained at native scale, which tile at their patch
-    size and scale by themselves): each test image is predicted whole by
-    :func:`msrfnet.inference.tiling.predict_tiled` from its file; the original-resolution
-    columns score that map, the model-resolution ones the map shrunk to S×S (area average)
-    against the cached S×S mask, comparable with the resize protocol's.
-
-    Returns the ``metrics.json`` object (NaN kept as float NaN); the summary table, the weights
-    and the data used are logged (INFO).
-
-    Raises:
-        MSRFError: missing/unreadable weights or data files (named), bad options, an output folder
-            inside the dataset or holding outputs that may not be replaced, an I/O error.
-    """
-    from tqdm import tqdm
-
-    check_threshold(threshold)
-    if batch_size < 1:
-        raise MSRFError(f"batch size {batch_size}: must be at least 1")
-    if image_size is not None:
-        check_image_size(image_size)
-    objects = _instance_options(instances, instances_gt, min_size, seed_distance)
-    request = check_tiling(tile, overlap, scale)
-    seg = Segmenter.open(
-        weights,
-        onnx=onnx,
-        pt2=pt2,
-        device=device,
-        exact=exact,
-        image_size=image_size,
-        prefer_runs=True,
-        threshold=threshold,
-        **request,
-    )
-    runner, path, cfg = seg.runner, seg.weights, seg.config
-    size = seg.image_size
-    tiling = seg.tiling
-    root, message = resolve_data_root(data)
-    log.info(message)
-    out = Path(out) if out is not None else default_out(path)
-    refuse_inside_inputs(out, [root])
-    target = report_folder(out, "msrf test", overwrite)
-    cache = load_or_build_cache(
-        root,
-        "test",
-        size,
-        mask_threshold=cfg.mask_threshold,
-        cache_dir=_cache_dir(cfg),
-        mask_suffix=cfg.mask_suffix if mask_suffix is None else mask_suffix,
-        normalize=cfg.normalize,
-    )
-    dataset = MSRFDataset(cache, canny=(cfg.canny_low, cfg.canny_high))
-    n = len(dataset)
-    log.info(f"test split: {n} images at {size}×{size}, threshold {threshold}")
-    if objects is not None:
-        objects["files"] = _instance_truths(objects["gt"], [dataset.source(i) for i in range(n)])
-
-    preds = np.zeros((n, size, size), bool)
-    truths = np.zeros((n, size, size), bool)
-    rows: list[dict[str, Any]] = []
-    batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    for batch in tqdm(
-        batches,
-        disable=len(batches) <= 1 or not log.isEnabledFor(logging.INFO),
-        unit="batch",
-        desc="msrf test",
-    ):
-        items = [dataset[i] for i in batch]
-        images = np.stack([it["image"].numpy() for it in items])
-        canny = np.stack([it["canny"].numpy() for it in items])
-        if tiling is None:
-            probs, tiled = seg.model_probabilities(images, canny), [None] * len(items)
-        else:  # each image whole from its file, tiled; shrunk to S×S for the model-size column
-            tiled = [_tiled_probability(seg, dataset.source(i)) for i in batch]
-            probs = np.stack(
-                [cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in tiled]
-            )
-        truths[batch.start : batch.stop] = np.stack([it["mask"].numpy()[0] for it in items]).astype(
-            bool
-        )
-        preds[batch.start : batch.stop] = probs >= threshold
-        model_rows = per_image_table(
-            preds[batch.start : batch.stop], truths[batch.start : batch.stop]
-        )
-        for i, prob, model_row, tiled_prob in zip(batch, probs, model_rows, tiled):
-            src = dataset.source(i)
-            truth = read_mask(
-                src.mask_path, mask_threshold=cfg.mask_threshold, name=dataset.mask_files[i]
-            )
-            full_prob = (
-                to_original_size(prob, src.height, src.width) if tiled_prob is None else tiled_prob
-            )
-            full = full_prob >= threshold
-            orig_row = per_image_table(full[None], truth[None])[0]
-            rows.append(
-                {
-                    "image": dataset.image_files[i],
-                    "stem": src.stem,
-                    "height": src.height,
-                    "width": src.width,
-                    **{k: model_row[k] for k in _ROW_KEYS},
-                    **{f"orig_{k}": orig_row[k] for k in _ROW_KEYS},
-                }
-            )
-            if objects is not None:
-                rows[-1].update(_object_row(full_prob, threshold, src.stem, objects))
-
-    model = summarize([{k: r[k] for k in _ROW_KEYS} for r in rows])
-    orig = summarize([{k: r[f"orig_{k}"] for k in _ROW_KEYS} for r in rows])
-    result: dict[str, Any] = dict(model)
-    result.update({f"orig_{k}": v for k, v in orig.items()})
-    result.update(
-        n_images=n,
-        image_size=size,
-        threshold=threshold,
-        weights=str(path),
-        data=str(root),
-        variant=cfg.variant,
-        numerics=runner.numerics,
-    )
-    if tiling is not None:
-        result.update(protocol="tiled", **tiling)
-    if objects is not None:
-        from msrfnet.object_metrics import summarize_objects
-
-        result.update(summarize_objects(rows))
-        result.update(
-            instances_gt=str(objects["gt"]),
-            min_size=objects["min_size"],
-            seed_distance=objects["seed_distance"],
-        )
-
-    write_outputs(target, result, rows)
-    write_overlays(target, np.asarray(cache.images), truths, preds, rows)
-    log.info(format_table(result))
-    log.info(f"results: {out}/ (metrics.json, metrics.csv, overlays/)")
-    return result
-
-
-# --- tiled (native scale) -----------------------------------------------------------------------
-
-
-def _tiled_probability(seg: Segmenter, source) -> np.ndarray:
-    """The tiled probability map of one test image, read from its file."""
-
-    return seg.probabilities([read_image(source.image_path, normalize=seg.normalize)])[0]
-
-
-# --- objects (--instances) ----------------------------------------------------------------------
-
-
-def _instance_options(instances, instances_gt, min_size, seed_distance) -> dict[str, Any] | None:
-    """The checked object options of ``msrf test --instances``, None without ``instances``."""
-
-    if not instances:
-        if instances_gt is not None:
-            raise MSRFError("--instances-gt: pass --instances too (object metrics)")
-        return None
-    if instances_gt is None:
-        raise MSRFError(
-            "--instances: pass --instances-gt DIR, a folder of instance label images paired with "
-            "the test images by stem (0 = background, one value per object)"
-        )
-    gt = Path(instances_gt)
-    if not gt.is_dir():
-        raise MSRFError(f"--instances-gt {gt}: no such folder")
-    sizes = check_instance_options(
-        MIN_SIZE if min_size is None else min_size,
-        SEED_DISTANCE if seed_distance is None else seed_distance,
-    )
-    return {"gt": gt, "min_size": sizes[0], "seed_distance": sizes[1]}
-
-
-def _instance_truths(folder: Path, sources) -> dict[str, Path]:
-    """The label image of every test stem in ``folder``; one line naming the first missing."""
-
-    files, _, _ = files_by_stem(folder)
-    missing = [s.stem for s in sources if s.stem not in files]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise MSRFError(f"--instances-gt {folder}: no label image with stem {missing[0]!r}{more}")
+    files, _, problems = files_by_stem(folder, suffix=suffix)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise MSRFError(f"{what} {folder}: {problems[0]}{more}")
+    if not files:
+        raise MSRFError(f"{what} {folder}: no image files in this folder")
     return files
 
 
-def _object_row(prob: np.ndarray, threshold: float, stem: str, objects: dict) -> dict[str, Any]:
-    """One test image's object metrics: its probabilities split into objects, against its
-    instance labels."""
-
-    path = objects["files"][stem]
-    truth = read_labels(path)
-    if truth.shape != prob.shape:
+def pair_predictions(
+    pred: str | Path,
+    gt: str | Path,
+    *,
+    mask_suffix: str = "",
+    images: str | Path | None = None,
+) -> tuple[list[Item], list[str]]:
+    """(the items sorted by stem, the stems of predictions without a truth); see the module
+    docstring. Raises :class:`MSRFError` for a missing path, a truth without a prediction, a
+    stem shared by two files, or (with ``images``) a truth without its image."""
+    pred, gt = Path(pred), Path(gt)
+    for path, what in ((pred, "PRED"), (gt, "GT")):
+        if not path.exists():
+            raise MSRFError(f"{what} {path}: no such file or folder")
+    if gt.is_file() != pred.is_file():
+        raise MSRFError(f"PRED {pred} and GT {gt}: give two folders or two files")
+    if gt.is_file():
+        truths, found = {gt.stem: gt}, {gt.stem: pred}  # two files pair whatever their names
+    else:
+        truths = _found(gt, mask_suffix, "GT")
+        found = _found(pred, "", "PRED")
+    items = [
+        Item(s, t, found.get(s), found.get(s + PROB), found.get(s + LABELS))
+        for s, t in sorted(truths.items())
+    ]
+    missing = [it for it in items if it.mask is it.prob is it.labels is None]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise MSRFError(
-            f"{path}: {truth.shape[1]}×{truth.shape[0]} pixels, the test image "
-            f"{prob.shape[1]}×{prob.shape[0]}"
+            f"{missing[0].truth}: no prediction with stem {missing[0].stem!r} in {pred}{more}"
         )
-    labels = split_instances(
-        prob, threshold, min_size=objects["min_size"], seed_distance=objects["seed_distance"]
+    used = {s + end for s in truths for end in ("", PROB, LABELS, OVERLAY)}
+    extra = sorted(s for s in found if s not in used and not s.endswith(OVERLAY))
+    if images is not None:
+        pictures = _found(Path(images), "", "--images")
+        for it in items:
+            it.image = pictures.get(it.stem)
+            if it.image is None:
+                raise MSRFError(f"--images {images}: no image with stem {it.stem!r}")
+    return items, extra
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def to_probability(raw: np.ndarray, name: str) -> np.ndarray:
+    """A probability map file as float32 in [0, 1]: uint16 / 65535 (``msrf predict
+    --probabilities``), uint8 / 255, float as stored (refused outside [0, 1])."""
+    if raw.ndim != 2:
+        raise MSRFError(f"{name}: a probability map has one channel, got shape {raw.shape}")
+    if np.issubdtype(raw.dtype, np.floating):
+        if raw.size and (raw.min() < 0 or raw.max() > 1):
+            raise MSRFError(f"{name}: float values outside [0, 1]; not a probability map")
+        return raw.astype(np.float32)
+    top = 65535.0 if raw.dtype.itemsize > 1 else 255.0
+    return (raw.astype(np.float32) / np.float32(top)).clip(0, 1)
+
+
+@dataclass
+class Predicted:
+    foreground: np.ndarray
+    labels: np.ndarray | None
+    probability: np.ndarray | None
+
+
+def read_prediction(item: Item, threshold: float, mask_threshold: float | None) -> Predicted:
+    """The prediction's foreground, labels (when it has them) and probabilities (when given)."""
+
+    labels = read_labels(item.labels) if item.labels is not None else None
+    prob = None
+    if item.prob is not None:
+        prob = to_probability(read_raw(item.prob, keep_indices=True), str(item.prob))
+    if item.mask is not None:
+        raw = read_raw(item.mask, keep_indices=True)
+        if np.issubdtype(raw.dtype, np.floating) and raw.ndim == 2:
+            prob = to_probability(raw, str(item.mask))
+            fg = prob >= threshold
+        elif is_label_image(raw):
+            labels = raw if labels is None else labels
+            fg = raw > 0
+        else:
+            fg = binarise_mask(
+                mask_channel(raw), mask_threshold=mask_threshold, name=str(item.mask)
+            )
+    elif prob is not None:
+        fg = prob >= threshold
+    else:
+        fg = labels > 0
+    return Predicted(fg, labels, prob)
+
+
+def truths_are_labels(items: list[Item]) -> bool:
+    """Whether the truth folder holds label images: some file has more than one object."""
+
+    return any(is_label_image(read_raw(it.truth, keep_indices=True)) for it in items)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def run_evaluate(
+    pred: str | Path,
+    gt: str | Path,
+    *,
+    out: str | Path = DEFAULT_OUT,
+    images: str | Path | None = None,
+    instances: bool = False,
+    min_size: int | None = None,
+    seed_distance: int | None = None,
+    threshold: float = 0.5,
+    mask_suffix: str = "",
+    mask_threshold: float | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Score ``pred`` against ``gt`` (see the module docstring); returns the ``metrics.json``
+    object (NaN kept as float NaN); the summary is logged (INFO).
+
+    Raises:
+        MSRFError: a pairing problem, an unreadable file or a size mismatch (named), ``instances``
+            with truths that are not label images, an output folder among the inputs or holding
+            files that may not be replaced.
+    """
+
+    check_threshold(threshold)
+    min_size, seed_distance = check_instance_options(
+        MIN_SIZE if min_size is None else min_size,
+        SEED_DISTANCE if seed_distance is None else seed_distance,
     )
-    return object_scores(labels, truth)
+    items, extra = pair_predictions(pred, gt, mask_suffix=mask_suffix, images=images)
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        log.info(f"left out: {len(extra)} prediction(s) without a truth ({extra[0]}{more})")
+    out = Path(out)
+    # never among the input folders (two files: OutputFolder alone keeps them safe)
+    folders = [Path(p) for p in (pred, gt, images) if p is not None and Path(p).is_dir()]
+    refuse_inside_inputs(out, folders)
+    target = report_folder(out, "msrf evaluate", overwrite)
+    gt_labels = truths_are_labels(items)
+    if instances and not gt_labels:
+        raise MSRFError(
+            f"--instances: GT {gt} holds no label image (one channel of integers, one value per "
+            "object, more than one object in some file); object metrics need instance truths"
+        )
+
+    def truth_of(it: Item) -> tuple[np.ndarray, np.ndarray | None]:
+        if gt_labels:
+            lab = read_labels(it.truth)
+            return lab > 0, lab
+        return read_mask(it.truth, mask_threshold=mask_threshold), None
+
+    rows: list[dict[str, Any]] = []
+    objects = gt_labels
+    split = 0
+    for it in items:
+        truth, truth_labels = truth_of(it)
+        p = read_prediction(it, threshold, mask_threshold)
+        if p.foreground.shape != truth.shape:
+            raise MSRFError(
+                f"{it.prediction}: {p.foreground.shape[1]}×{p.foreground.shape[0]} pixels, its "
+                f"truth {it.truth} {truth.shape[1]}×{truth.shape[0]}; compare at the same size"
+            )
+        row = {"stem": it.stem, "prediction": it.prediction.name, "truth": it.truth.name}
+        row.update(height=truth.shape[0], width=truth.shape[1])
+        row.update(per_image_table(p.foreground[None], truth[None])[0])
+        labels = p.labels
+        if labels is None and instances:
+            source = p.probability if p.probability is not None else p.foreground
+            labels = split_instances(
+                source, threshold, min_size=min_size, seed_distance=seed_distance
+            )
+            split += 1
+        if labels is not None and truth_labels is not None:
+            if labels.shape != truth.shape:
+                raise MSRFError(f"{it.labels}: size differs from its truth {it.truth}")
+            row.update(object_scores(labels, truth_labels))
+        else:
+            objects = False
+        rows.append(row)
+
+    result: dict[str, Any] = dict(summarize(rows))
+    if objects:
+        result.update(summarize_objects(rows))
+    else:
+        for row in rows:  # a partial object table would mislead: all or nothing
+            for key in OBJECT_KEYS:
+                row.pop(key, None)
+    result.update(
+        protocol="each image's own size (no resizing)",
+        threshold=threshold,
+        pred=str(pred),
+        gt=str(gt),
+        object_metrics=objects,
+    )
+    if split:
+        result.update(split_predictions=split, min_size=min_size, seed_distance=seed_distance)
+
+    write_outputs(target, result, rows)
+    if images is not None:
+        write_overlays(
+            target,
+            _Lazy(lambda i: _picture(items[i], rows[i])),
+            _Lazy(lambda i: truth_of(items[i])[0]),
+            _Lazy(lambda i: read_prediction(items[i], threshold, mask_threshold).foreground),
+            rows,
+        )
+    log.info(format_summary(result))
+    if gt_labels and not objects:
+        log.info(
+            "GT holds label images: pass --instances to split the predicted masks into objects"
+        )
+    made = "metrics.json, metrics.csv" + (", overlays/" if images is not None else "")
+    log.info(f"results: {out}/ ({made})")
+    return result
+
+
+class _Lazy:
+    """A sequence that reads item ``i`` when asked: only the overlays' images are read again."""
+
+    def __init__(self, get: Callable[[int], np.ndarray]):
+        self.get = get
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.get(i)
+
+
+def _picture(item: Item, row: dict[str, Any]) -> np.ndarray:
+
+    rgb = read_image(item.image)
+    if rgb.shape[:2] != (row["height"], row["width"]):
+        raise MSRFError(f"{item.image}: size differs from its truth {item.truth}")
+    return rgb
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """The pixel metrics (one column: each image's own size) and, when computed, the objects."""
+
+    head = f"{'metric':<16} {'protocol':<52} {'value':>8}"
+    lines = [head, "-" * len(head)]
+    groups = [PAPER_METRICS, OTHER_METRICS] + (
+        [OBJECT_METRICS] if result.get("object_metrics") else []
+    )
+    for group in groups:
+        for key, label, protocol in group:
+            lines.append(f"{label:<16} {protocol:<52} {format_value(result.get(key)):>8}")
+        lines.append("")
+    lines.append(f"{result.get('n_images', 0)} images, at their own size")
+    return "\n".join(lines)

@@ -23,9 +23,9 @@ inputs with one stem (``a.png``, ``a.jpg``) get ``a`` and ``a-2`` and a warning.
 On a CPU with native bfloat16 the PyTorch model runs in bfloat16 with exact sub-pixel up-convs
 (≈ 2× faster; ``exact`` keeps float32); see :class:`~msrfnet.inference.runners.TorchRunner`.
 
-``onnx`` runs an exported model (:mod:`msrfnet.accel.onnx`) through onnxruntime alone, with the
+``onnx`` runs an exported model (:mod:`msrfnet.export.onnx`) through onnxruntime alone, with the
 image size and Canny thresholds stored in its metadata (``image_size`` overrides; 256 when absent);
-``pt2`` an int8 package of ``msrf export --int8 --out X.pt2`` (:mod:`msrfnet.accel.pt2_int8`).
+``pt2`` an int8 package of ``msrf export --int8 --out X.pt2`` (:mod:`msrfnet.export.pt2_int8`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from msrfnet.data import read_image
-from msrfnet.data.io import IMAGE_EXTENSIONS, list_image_files
+from msrfnet.data.files import IMAGE_EXTENSIONS, list_image_files
 from msrfnet.errors import MSRFError
-from msrfnet.inference.outputs import (
+from msrfnet.inference.predict_files import (
     EXTENSIONS,
     LABELS_SUFFIX,
     MASK_SUFFIX,

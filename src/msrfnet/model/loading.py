@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from msrfnet.errors import MSRFError
-from msrfnet.model.hub import check_state_fits
 from msrfnet.model.msrfnet import MSRFNet
+from msrfnet.model.pretrained import check_state_fits
 from msrfnet.weights.checkpoint import read_checkpoint
 from msrfnet.weights.resolve import resolve_weights
 

@@ -20,9 +20,9 @@ from msrfnet.config import VARIANTS
 from msrfnet.model.decoder import DecoderBlock, FinalDecoder
 from msrfnet.model.dsdf import MSRFSubnetwork
 from msrfnet.model.encoder import ENCODER_CHANNELS, Encoder
-from msrfnet.model.hub import PretrainedMixin
 from msrfnet.model.layers import capturing, keras_init_
 from msrfnet.model.outputs import MSRFOutput
+from msrfnet.model.pretrained import PretrainedMixin
 from msrfnet.model.shape_stream import ShapeStream
 from msrfnet.model.upsampling import UPSAMPLING
 from msrfnet.options import check, check_input_size, choice

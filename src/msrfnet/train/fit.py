@@ -33,8 +33,7 @@ from msrfnet.config import Config, check_resume_changes
 from msrfnet.data import MSRFDataModule, check_data, resolve_data_root
 from msrfnet.errors import MSRFError, first_line
 from msrfnet.model import MSRFNet
-from msrfnet.model.hub import check_state_fits
-from msrfnet.options import check_devices, check_training_memory
+from msrfnet.model.pretrained import check_state_fits
 from msrfnet.safe_output import io_error
 from msrfnet.train.callbacks import (
     AtomicCheckpointIO,
@@ -43,6 +42,7 @@ from msrfnet.train.callbacks import (
     WeightsExport,
     plot_predictions,
 )
+from msrfnet.train.machine import check_devices, check_training_memory
 from msrfnet.train.module import MSRFModule, resolve_precision
 from msrfnet.train.precise_bn import PreciseBN
 from msrfnet.weights.checkpoint import _torch_load_safe, clean_state_dict

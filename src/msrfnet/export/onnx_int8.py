@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from msrfnet.accel.onnx import export_onnx
 from msrfnet.data import read_image, sample_root
-from msrfnet.data.io import is_image_file, list_image_files
+from msrfnet.data.files import is_image_file, list_image_files
 from msrfnet.data.preprocess import model_inputs
 from msrfnet.errors import MSRFError, first_line
+from msrfnet.export.onnx import export_onnx
 from msrfnet.model.msrfnet import scale_pixels
 from msrfnet.options import check_image_size
 from msrfnet.safe_output import file_target
@@ -348,7 +348,7 @@ def export_int8(
     """``msrf export --int8``: a verified float32 export with sub-pixel upsampling (to a temporary
     file), quantized to ``out``. ``calibration`` defaults to the package's sample training images,
     ``image_size`` to the checkpoint's.
-    ``out`` is checked first (as :func:`msrfnet.accel.onnx.export_onnx` does), before any work."""
+    ``out`` is checked first (as :func:`msrfnet.export.onnx.export_onnx` does), before any work."""
 
     calibration = default_calibration(calibration)
     weights_folder = resolve_weights(weights, prefer_runs=False).parent

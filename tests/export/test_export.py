@@ -10,11 +10,11 @@ import pytest
 import torch
 from _model_helpers import make_weights, mixed_folder
 
-import msrfnet.accel.onnx as export_mod
+import msrfnet.export.onnx as export_mod
 from msrfnet.accel.cpu import flush_denormals
-from msrfnet.accel.onnx import export_onnx
 from msrfnet.cli import main
 from msrfnet.errors import MSRFError
+from msrfnet.export.onnx import export_onnx
 from msrfnet.inference.predict import run_predict
 from msrfnet.model.loading import load_model
 

@@ -37,14 +37,14 @@ import torch
 from torch import nn
 
 from msrfnet.accel.cpu import flush_denormals
-from msrfnet.accel.onnx_int8 import (
+from msrfnet.accel.pt2_runner import PT2_FORMAT, contiguous_nchw
+from msrfnet.errors import MSRFError, first_line
+from msrfnet.export.onnx_int8 import (
     calibration_files,
     calibration_folders,
     calibration_inputs,
     default_calibration,
 )
-from msrfnet.accel.pt2_runner import PT2_FORMAT, contiguous_nchw
-from msrfnet.errors import MSRFError, first_line
 from msrfnet.model.loading import load_one_class_model
 from msrfnet.model.msrfnet import MSRFNet
 from msrfnet.model.upsampling import freeze_upsampling

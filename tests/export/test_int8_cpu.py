@@ -1,4 +1,4 @@
-"""``msrfnet.accel.pt2_int8``: exact BN removal, a graph that is int8 throughout, and its
+"""``msrfnet.export.pt2_int8``: exact BN removal, a graph that is int8 throughout, and its
 AOTInductor package."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from msrfnet.data import read_image, sample_root
 from msrfnet.data.preprocess import model_inputs
 
 pytest.importorskip("torchao")
-from msrfnet.accel.pt2_int8 import fold_batch_norms, quantize_model  # noqa: E402
+from msrfnet.export.pt2_int8 import fold_batch_norms, quantize_model  # noqa: E402
 
 SIZE = 32
 
@@ -44,7 +44,7 @@ def _randomised(module):
 def test_fold_batch_norms_is_exact_where_torchao_folding_is_not():
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    from msrfnet.accel.pt2_int8 import int8_quantizer
+    from msrfnet.export.pt2_int8 import int8_quantizer
 
     model = _randomised(_SharedConvBN())
     x = torch.randn(2, 3, 8, 8)
@@ -127,7 +127,7 @@ def test_quantized_graph_is_int8_throughout(quantized):
 
 @pytest.fixture(scope="module")
 def package(weights, tmp_path_factory):
-    from msrfnet.accel.pt2_int8 import export_int8_pt2
+    from msrfnet.export.pt2_int8 import export_int8_pt2
 
     out = tmp_path_factory.mktemp("pt2") / "int8.pt2"
     with said() as lines:
@@ -161,7 +161,7 @@ def test_package_computes_the_quantized_graph(package, quantized):
 
 def test_test_and_predict_run_the_package(package, tmp_path):
     from msrfnet.cli import main
-    from msrfnet.inference.evaluate import run_test
+    from msrfnet.inference.test import run_test
 
     path, _ = package
     result = run_test(data=sample_root(), pt2=path, out=tmp_path / "test")
@@ -175,10 +175,10 @@ def test_test_and_predict_run_the_package(package, tmp_path):
 
 
 def test_pt2_errors_name_the_file(tmp_path, capsys):
-    from msrfnet.accel.pt2_int8 import export_int8_pt2
     from msrfnet.accel.pt2_runner import Pt2Runner
     from msrfnet.cli import main
     from msrfnet.errors import MSRFError
+    from msrfnet.export.pt2_int8 import export_int8_pt2
 
     with pytest.raises(MSRFError, match="no such .pt2 package"):
         Pt2Runner(tmp_path / "missing.pt2")
@@ -195,7 +195,7 @@ def test_pt2_errors_name_the_file(tmp_path, capsys):
 
 def test_export_cli_keeps_the_checkpoint_size_for_a_package(monkeypatch, tmp_path):
     """A .pt2 takes one input size: without --image-size it is the checkpoint's, not ONNX's 256."""
-    import msrfnet.accel.pt2_int8 as int8_cpu
+    import msrfnet.export.pt2_int8 as int8_cpu
     from msrfnet.cli import main
 
     calls = []
@@ -217,7 +217,7 @@ def test_a_package_for_missing_cpu_features_is_refused(monkeypatch):
 def test_export_refuses_a_package_that_disagrees_with_its_graph(weights, tmp_path, monkeypatch):
     """The failure that motivated the check: a package compiled for a channels-last example reads
     contiguous inputs as if they were channels-last (AOTInductor checks no strides)."""
-    import msrfnet.accel.pt2_int8 as int8_cpu
+    import msrfnet.export.pt2_int8 as int8_cpu
 
     compile_package = int8_cpu.compile_package
 

@@ -7,7 +7,7 @@ the same module as a second weights format, test tensors from a real sample imag
 output is onnxruntime's), a cover, a README with the model card and the size/scale rules, the
 paper's citation and the licences.
 
-The ONNX file is made by :func:`msrfnet.accel.onnx.export_onnx` (``single_input=True``), not here:
+The ONNX file is made by :func:`msrfnet.export.onnx.export_onnx` (``single_input=True``), not here:
 the export rule lives in one place. Offline rules (checked with bioimageio.core 0.11.0): no URL
 and no ``github_user`` anywhere, because ``bioimageio test`` always checks them over the network;
 sample tensors are .tif (an .npy sample crashes the test). bioimageio.core is an optional extra,

@@ -1,11 +1,11 @@
 """``msrf export --bioimageio``: the bioimage.io package of the shipped weights passes the real
 ``bioimageio test`` offline (issue 14, item 4).
 
-One module-scoped package: the shipped weights' single-input ONNX (the TorchScript exporter call
-that :func:`msrfnet.accel.onnx.export_onnx` makes) packaged with both weights formats; the test runs
-bioimageio.core's ``test_model`` on it, with every socket connection refused in this process.
-The zip output and the replacement of an earlier package use a second, ONNX-only package, which
-the slow test also runs through the ``bioimageio test`` CLI.
+One module-scoped package: the shipped weights' single-input ONNX (the TorchScript exporter
+call that :func:`msrfnet.export.onnx.export_onnx` makes) packaged with both weights formats; the
+test runs bioimageio.core's ``test_model`` on it, with every socket connection refused in this
+process. The zip output and the replacement of an earlier package use a second, ONNX-only package,
+which the slow test also runs through the ``bioimageio test`` CLI.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ if not in_ci():  # in CI the dev extra brings them: missing there is a failure, 
     pytest.importorskip("bioimageio.core")
     pytest.importorskip("onnxruntime")
 
-from msrfnet.accel.bioimageio import NAMES, package_bioimageio
-from msrfnet.accel.onnx import export_onnx
+from msrfnet.export.bioimageio import NAMES, package_bioimageio
+from msrfnet.export.onnx import export_onnx
 from msrfnet.model.loading import load_model
 from msrfnet.weights.resolve import SHIPPED_WEIGHTS
 

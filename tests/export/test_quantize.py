@@ -1,4 +1,4 @@
-"""``msrfnet.accel.onnx_int8``: int8 ONNX that runs, stays close to float32, keeps the metadata,
+"""``msrfnet.export.onnx_int8``: int8 ONNX that runs, stays close to float32, keeps the metadata,
 and fails clearly."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import torch
 from _model_helpers import make_weights
 
 from msrfnet.accel.cpu import flush_denormals
-from msrfnet.accel.onnx import export_onnx
-from msrfnet.accel.onnx_int8 import UPSAMPLING, calibration_files, fold_pads, quantize_onnx
 from msrfnet.data import read_image, sample_root
 from msrfnet.data.preprocess import model_inputs
 from msrfnet.errors import MSRFError
+from msrfnet.export.onnx import export_onnx
+from msrfnet.export.onnx_int8 import UPSAMPLING, calibration_files, fold_pads, quantize_onnx
 from msrfnet.inference.runners import OnnxRunner
 from msrfnet.model.layers import SameConvTranspose2d
 from msrfnet.model.upsampling import SubPixelConvTranspose2d
@@ -128,7 +128,7 @@ def test_calibration_files_prefer_train_split():
 
 
 def test_cli_export_int8_arguments(monkeypatch, tmp_path):
-    import msrfnet.accel.onnx_int8 as quantize_mod
+    import msrfnet.export.onnx_int8 as quantize_mod
     from msrfnet.cli import main
 
     calls = []
