@@ -14,9 +14,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _LAZY = {
-    "IMAGE_EXTENSIONS": "io",
-    "Pair": "io",
-    "pair_files": "io",
+    "IMAGE_EXTENSIONS": "files",
+    "Pair": "files",
+    "pair_files": "files",
     "read_image": "io",
     "read_mask": "io",
     "binarise_mask": "io",
