@@ -2,14 +2,21 @@
 
 It is saved as ``config.yaml`` in every run directory and inside every checkpoint, so a run can be
 repeated and a checkpoint knows how it was made. Defaults are the original recipe (spec §2).
+
+Each field is declared once, where it is defined: its type, default, rule, help text, its ``msrf
+train`` flag (if any) and whether a resumed run may change it or inference reads it (an
+:class:`Option`). ``msrf train``'s options (:mod:`msrfnet.cli.train`), :meth:`Config.validate`,
+:data:`RESUME_CHANGEABLE` and :data:`INFERENCE_FIELDS` are all made from these declarations, so a
+new option is one new field.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from argparse import ArgumentTypeError
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +33,8 @@ __all__ = [
     "PRECISIONS",
     "INFERENCE_FIELDS",
     "RESUME_CHANGEABLE",
+    "OPTIONS",
+    "Option",
     "Config",
     "check_resume_changes",
 ]
@@ -35,114 +44,277 @@ VARIANTS = ("official", "clean")  # the model's wirings (msrfnet.model.MSRFNet)
 #: are): "minmax" stretches each image's own range, "percentile" its 1–99.8 % range (clipped).
 NORMALIZATIONS = ("minmax", "percentile")
 SCHEDULES = ("constant", "cosine")
-PRECISE_BN = (
-    "auto",
-    "on",
-    "off",
-)  # when BN statistics are recomputed (msrfnet/train/precise_bn.py)
-PRECISIONS = (
-    "auto",
-    "32-true",
-    "32",
-    "bf16-mixed",
-    "16-mixed",
-    "bf16-true",
-    "16-true",
-    "64-true",
-    "64",
-)
+#: When BN statistics are recomputed (msrfnet/train/precise_bn.py).
+PRECISE_BN = ("auto", "on", "off")
+#: Lightning's precisions; "auto" = bf16-mixed on a GPU, 32 on a CPU.
+PRECISIONS = tuple("auto 32-true 32 bf16-mixed 16-mixed bf16-true 16-true 64-true 64".split())
 
-#: The fields that inference reads from a checkpoint's config (checked when weights are read).
-INFERENCE_FIELDS = (
-    "variant",
-    "in_channels",
-    "num_classes",
-    "image_size",
-    "canny_low",
-    "canny_high",
-    "mask_threshold",
-    "threshold",
-    "normalize",
-    "patch_size",
-    "scale",
-)
 
-#: What a resumed run (``msrf train --resume RUN``) may change: how it runs and for how long. The
-#: rest would change the weights' shapes, the data or recipe it learns from, or would be silently
-#: ignored (the optimizer's saved learning rate, the saved random state), so it is refused.
-RESUME_CHANGEABLE = frozenset(
-    {
-        "epochs",
-        "max_minutes",
-        "batch_size",
-        "workers",
-        "devices",
-        "strategy",
-        "num_nodes",
-        "precision",
-        "compile",
-        "channels_last",
-        "subpixel",
-        "deterministic",
-        "cache_dir",
-        "precise_bn",
-    }
+@dataclass(frozen=True)
+class Option:
+    """What one :class:`Config` field is, declared once beside it: the ``rule`` its value follows
+    (:mod:`msrfnet.options`: ``msrf train``'s ``type=`` and :meth:`Config.validate`), what it means
+    (``help``: the field's documentation and its ``msrf train --help`` text), its ``flag`` in ``msrf
+    train`` (None: a config-only field) and the ``section`` of ``--help`` it is listed under,
+    whether a resumed run may change it (``resume``) and whether inference reads it from a
+    checkpoint (``inference``)."""
+
+    rule: Callable[[Any], Any]
+    help: str
+    flag: str | None = None
+    section: str = ""
+    resume: bool = False
+    inference: bool = False
+
+    @property
+    def switch(self) -> bool:
+        """A true/false option: ``--flag`` sets it, ``--no-flag`` clears it."""
+        return self.rule is opt.boolean
+
+
+def _option(
+    default: Any,
+    rule: Callable[[Any], Any],
+    help: str,
+    *,
+    section: str,
+    flag: str | None = None,
+    resume: bool = False,
+    inference: bool = False,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A :class:`Config` field with its :class:`Option` (``factory`` for a mutable default)."""
+    metadata = {"option": Option(rule, help, flag, section, resume, inference)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# The sections of ``msrf train --help``, in the order of the fields: one declarer per section.
+_data = partial(_option, section="data (the dataset and how its images become model inputs)")
+_model = partial(_option, section="model")
+_optim = partial(
+    _option, section="optimisation (original: Adam 1e-4, batch 4, 125 epochs, constant LR)"
 )
+_run = partial(_option, section="execution (where and how fast it runs)")
+_output = partial(_option, section="output")
 
 
 @dataclass
 class Config:
-    # data
-    data: str | None = (
-        None  # dataset root with train/ val/ test/; None → ./data/kdsb or the bundled sample
+    """The options of a run, each declared once with its default, rule and help (:class:`Option`,
+    :data:`OPTIONS`). The field order is ``config.yaml``'s."""
+
+    # --- data
+    data: str | None = _data(
+        None,
+        opt.optional(opt.path_text),
+        "dataset folder with train/ val/ test/ (default: ./data/kdsb, else the bundled sample)",
+        flag="--data",
     )
-    image_size: int = 256  # the original resizes every image to 256×256 (Lanczos)
-    # native scale (msrf train --patch-size P [--scale S]): random P×P crops of the images
-    # resampled by S instead of whole images resized; image_size is then P, and inference tiles
-    # (None: the paper's resize protocol)
-    patch_size: int | None = None
-    scale: float | None = None  # resampling factor of the images before cropping/tiling
-    canny_low: int = 10  # Canny thresholds of the image-gradient input (original: 10, 1000)
-    canny_high: int = 1000
-    edge_canny_low: int = 10  # Canny thresholds of the edge target (original: 10, 1000)
-    edge_canny_high: int = 1000
-    mask_threshold: float | None = None  # needed for label-map masks; None = binarise at half range
-    mask_suffix: str = ""  # a mask's stem is its image's plus this (ISIC: "_segmentation")
-    normalize: str = "minmax"  # 16-bit/float images to 0–255: "minmax" or "percentile" (1–99.8 %)
-    augment: bool = False  # the original uses no augmentation
-    cache_dir: str | None = None  # default: <data>/.msrf_cache (or ~/.cache/msrfnet if read-only)
-    # model
-    variant: str = "official"  # "official" (the Keras graph) or "clean" (Fig. 2a)
-    in_channels: int = 3
-    num_classes: int = 1
-    # optimisation (original: Adam 1e-4, batch 4, 125 epochs, constant LR)
-    epochs: int = 125
-    max_minutes: float | None = None  # stop after this much training time (the best epoch is kept)
-    batch_size: int = 4
-    lr: float = 1e-4
-    schedule: str = "constant"  # "constant" (original) or "cosine"
-    seed: int = 42
-    deterministic: bool = False
-    # execution
-    precision: str = "auto"  # "auto" = bf16-mixed on a GPU, 32 on a CPU
-    devices: str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    workers: int = 2
-    compile: bool = False
-    channels_last: bool = True
-    subpixel: bool = (
-        True  # DSDF up-convs as conv + pixel shuffle (exact, MSRFNet(upsampling='subpixel'))
+    image_size: int = _data(
+        256,  # the original resizes every image to 256×256 (Lanczos)
+        opt.image_size,
+        "square model input size, a multiple of 8 (original: 256); training keeps ~0.38 GiB "
+        "(bf16) or ~0.74 GiB (float32) per 256² image, scaling with pixels, and refuses a size "
+        "this machine cannot hold",
+        flag="--image-size",
+        inference=True,
     )
-    # BN statistics recomputed from training batches before validation (train/precise_bn.py):
-    # "auto" while the Keras momentum cannot have converged, "on" always, "off" never (original)
-    precise_bn: str = "auto"
-    # evaluation
-    threshold: float = 0.5
-    # output
-    out: str = "runs"
-    name: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    patch_size: int | None = _data(
+        None,  # None: the paper's resize protocol
+        opt.optional(opt.image_size),
+        "train at native scale: random P×P crops of each image (smaller images reflected up to "
+        "P) instead of resizing whole images to --image-size; validation on each image's centre "
+        "crop; predict/test then tile with P×P windows (a multiple of 8)",
+        flag="--patch-size",
+        inference=True,
+    )
+    scale: float | None = _data(
+        None,
+        opt.optional(opt.scale),
+        "with --patch-size: resample every image by this factor before cropping (0.5 halves "
+        "its sides); predict/test resample by the same factor before tiling",
+        flag="--scale",
+        inference=True,
+    )
+    canny_low: int = _data(
+        10,
+        opt.nonnegative_int,
+        "low Canny threshold of the image-gradient input (original: 10)",
+        flag="--canny-low",
+        inference=True,
+    )
+    canny_high: int = _data(
+        1000,
+        opt.nonnegative_int,
+        "high Canny threshold of the image-gradient input (original: 1000)",
+        flag="--canny-high",
+        inference=True,
+    )
+    edge_canny_low: int = _data(
+        10, opt.nonnegative_int, "low Canny threshold of the edge target (original: 10)"
+    )
+    edge_canny_high: int = _data(
+        1000, opt.nonnegative_int, "high Canny threshold of the edge target (original: 1000)"
+    )
+    mask_threshold: float | None = _data(
+        None,
+        opt.optional(opt.finite_float),
+        "foreground = mask value > T (needed for label-map masks; default: binarise at half range)",
+        flag="--mask-threshold",
+        inference=True,
+    )
+    mask_suffix: str = _data(
+        "",
+        opt.name_suffix,
+        "masks are named <image stem><suffix> (ISIC: _segmentation); default: the same stem",
+        flag="--mask-suffix",
+    )
+    normalize: str = _data(
+        "minmax",
+        opt.choice(NORMALIZATIONS),
+        "16-bit and float images to 0-255: minmax (each image's own range, default) or "
+        "percentile (its 1-99.8 % range, clipped); recorded in the checkpoint and applied the "
+        "same way by test, predict and Segmenter",
+        flag="--normalize",
+        inference=True,
+    )
+    augment: bool = _data(
+        False,
+        opt.boolean,
+        "flips, rot90, mild affine, brightness/contrast (off in the original)",
+        flag="--augment",
+    )
+    cache_dir: str | None = _data(
+        None,
+        opt.optional(opt.path_text),
+        "where preprocessed arrays are cached (default: the user's cache folder, "
+        "~/.cache/msrfnet on Linux; the dataset folder is only read)",
+        flag="--cache-dir",
+        resume=True,
+    )
+    # --- model
+    variant: str = _model(
+        "official",
+        opt.choice(VARIANTS),
+        "official (the Keras graph, default) or clean (Fig. 2a wiring)",
+        flag="--variant",
+        inference=True,
+    )
+    in_channels: int = _model(3, opt.positive_int, "image channels", inference=True)
+    num_classes: int = _model(1, opt.positive_int, "output channels", inference=True)
+    # --- optimisation
+    epochs: int = _optim(
+        125, opt.positive_int, "epochs (original: 125)", flag="--epochs", resume=True
+    )
+    max_minutes: float | None = _optim(
+        None,
+        opt.optional(opt.positive_float),
+        "stop training after this many minutes (best epoch kept)",
+        flag="--max-minutes",
+        resume=True,
+    )
+    batch_size: int = _optim(
+        4,
+        opt.positive_int,
+        "images per batch and device (original: 4)",
+        flag="--batch-size",
+        resume=True,
+    )
+    lr: float = _optim(1e-4, opt.positive_float, "Adam learning rate (original: 1e-4)", flag="--lr")
+    schedule: str = _optim(
+        "constant",
+        opt.choice(SCHEDULES),
+        "learning-rate schedule: constant (original) or cosine",
+        flag="--schedule",
+    )
+    seed: int = _optim(42, opt.seed, "random seed (default 42)", flag="--seed")
+    deterministic: bool = _optim(
+        False,
+        opt.boolean,
+        "deterministic algorithms (with --seed: repeatable runs)",
+        flag="--deterministic",
+        resume=True,
+    )
+    # --- execution
+    precision: str = _run(
+        "auto",
+        opt.choice(PRECISIONS),
+        "auto (bf16-mixed on a GPU, 32 on a CPU), " + ", ".join(PRECISIONS[1:]),
+        flag="--precision",
+        resume=True,
+    )
+    devices: str = _run(
+        "auto",
+        opt.devices,
+        "devices per node: auto, a count, or a list like 0,1",
+        flag="--devices",
+        resume=True,
+    )
+    strategy: str = _run(
+        "auto", opt.text, "Lightning strategy: auto, ddp, ...", flag="--strategy", resume=True
+    )
+    num_nodes: int = _run(
+        1,
+        opt.positive_int,
+        "machines (with torchrun or SLURM)",
+        flag="--num-nodes",
+        resume=True,
+    )
+    workers: int = _run(
+        2, opt.nonnegative_int, "data-loader worker processes", flag="--workers", resume=True
+    )
+    compile: bool = _run(
+        False,
+        opt.boolean,
+        "torch.compile the model (falls back to eager if unavailable)",
+        flag="--compile",
+        resume=True,
+    )
+    channels_last: bool = _run(
+        True,
+        opt.boolean,
+        "channels-last memory layout (default); --no-channels-last keeps NCHW",
+        flag="--channels-last",
+        resume=True,
+    )
+    subpixel: bool = _run(
+        True,
+        opt.boolean,
+        "DSDF up-exchanges as convolution + pixel shuffle (default; exact, "
+        "MSRFNet(upsampling='subpixel')); --no-subpixel runs them as transposed convolutions "
+        "(same function, slower on a CPU)",
+        flag="--subpixel",
+        resume=True,
+    )
+    precise_bn: str = _run(
+        "auto",
+        opt.choice(PRECISE_BN),
+        "recompute BatchNorm statistics from training batches before validation: auto "
+        "(default: while the running statistics cannot have converged), on, off (original)",
+        flag="--precise-bn",
+        resume=True,
+    )
+    # --- evaluation and output
+    threshold: float = _output(
+        0.5,
+        opt.probability,
+        "foreground = probability ≥ T in validation and, saved with the weights, inference",
+        inference=True,
+    )
+    out: str = _output(
+        "runs", opt.path_text, "folder for run directories (default: runs)", flag="--out"
+    )
+    name: str | None = _output(
+        None,
+        opt.optional(opt.run_name),
+        "run directory name (default: msrf-<date>-<time>)",
+        flag="--name",
+    )
+    extra: dict[str, Any] = _output(
+        None, opt.mapping, "free-form values kept with the run", factory=dict
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -159,12 +331,12 @@ class Config:
         CLI's rules), converting where needed; raise :class:`MSRFError` naming the field (and
         ``where``, e.g. a file)."""
         prefix = f"{where}: " if where else ""
-        fields = set(_RULES if fields is None else fields)
-        for name, rule in _RULES.items():
+        fields = set(OPTIONS if fields is None else fields)
+        for name, option in OPTIONS.items():
             if name not in fields or not hasattr(self, name):
                 continue
             try:
-                setattr(self, name, rule(getattr(self, name)))
+                setattr(self, name, option.rule(getattr(self, name)))
             except ArgumentTypeError as e:
                 raise MSRFError(f"{prefix}{name}: {e}") from None
         for low, high in (("canny_low", "canny_high"), ("edge_canny_low", "edge_canny_high")):
@@ -233,41 +405,13 @@ def check_resume_changes(saved: Config, new: Config) -> None:
                 )
 
 
-_RULES = {
-    "data": opt.optional(opt.path_text),
-    "image_size": opt.image_size,
-    "patch_size": opt.optional(opt.image_size),
-    "scale": opt.optional(opt.scale),
-    "canny_low": opt.nonnegative_int,
-    "canny_high": opt.nonnegative_int,
-    "edge_canny_low": opt.nonnegative_int,
-    "edge_canny_high": opt.nonnegative_int,
-    "mask_threshold": opt.optional(opt.finite_float),
-    "mask_suffix": opt.name_suffix,
-    "normalize": opt.choice(NORMALIZATIONS),
-    "augment": opt.boolean,
-    "cache_dir": opt.optional(opt.path_text),
-    "variant": opt.choice(VARIANTS),
-    "in_channels": opt.positive_int,
-    "num_classes": opt.positive_int,
-    "epochs": opt.positive_int,
-    "max_minutes": opt.optional(opt.positive_float),
-    "batch_size": opt.positive_int,
-    "lr": opt.positive_float,
-    "schedule": opt.choice(SCHEDULES),
-    "seed": opt.seed,
-    "deterministic": opt.boolean,
-    "precision": opt.choice(PRECISIONS),
-    "devices": opt.devices,
-    "strategy": opt.text,
-    "num_nodes": opt.positive_int,
-    "workers": opt.nonnegative_int,
-    "compile": opt.boolean,
-    "channels_last": opt.boolean,
-    "subpixel": opt.boolean,
-    "precise_bn": opt.choice(PRECISE_BN),
-    "threshold": opt.probability,
-    "out": opt.path_text,
-    "name": opt.optional(opt.run_name),
-    "extra": opt.mapping,
-}
+#: Each field's :class:`Option`, in the field order.
+OPTIONS: dict[str, Option] = {f.name: f.metadata["option"] for f in dataclasses.fields(Config)}
+
+#: The fields that inference reads from a checkpoint's config (checked when weights are read).
+INFERENCE_FIELDS = tuple(name for name, o in OPTIONS.items() if o.inference)
+
+#: What a resumed run (``msrf train --resume RUN``) may change: how it runs and for how long. The
+#: rest would change the weights' shapes, the data or recipe it learns from, or would be silently
+#: ignored (the optimizer's saved learning rate, the saved random state), so it is refused.
+RESUME_CHANGEABLE = frozenset(name for name, o in OPTIONS.items() if o.resume)

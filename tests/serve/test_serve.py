@@ -29,7 +29,13 @@ with warnings.catch_warnings():  # Starlette ≥ 1.x asks for "httpx2"; httpx st
 from msrfnet import cli  # noqa: E402
 from msrfnet.data import read_image, sample_root  # noqa: E402
 from msrfnet.serve.app import STATIC, create_app  # noqa: E402
-from msrfnet.serve.service import InferenceService, Segmenter, model_card  # noqa: E402
+from msrfnet.serve.service import (  # noqa: E402
+    MAX_MB_FLAG,
+    MAX_MEGAPIXELS_FLAG,
+    InferenceService,
+    Segmenter,
+    model_card,
+)
 
 
 @pytest.fixture(scope="module")
@@ -168,12 +174,12 @@ BAD = {
         "Too many files",
     ),
 }
-BAD_QUERY = {
-    "?format=xml": "format=xml: choose png or json",
-    "?threshold=abc": "threshold=abc: must be a number",
+BAD_QUERY = {  # issue 20: "name value: why", each by the rule of its command-line option
+    "?format=xml": "format xml: must be one of png, json",
+    "?threshold=abc": "threshold abc: must be a number",
     "?threshold=1.5": "must lie in [0, 1]",
-    "?instances=maybe": "instances=maybe: expected true or false",
-    "?min_size=-3": "min_size=-3: expected a whole number",
+    "?instances=maybe": "instances maybe: must be true or false",
+    "?min_size=-3": "min_size -3: must be 0 or more",
     "?colour=red": "unknown parameter 'colour'",
 }
 
@@ -196,6 +202,65 @@ def test_each_bad_parameter_is_a_400_with_one_line(client, query):
     assert_one_line_error(upload(client, png(sample_rgb()), query=query), 400, BAD_QUERY[query])
 
 
+def test_a_bad_tiling_or_objects_query_is_the_command_lines_rule_and_counted(segmenter, weights):
+    client = client_for(segmenter, weights)
+    for query, words in {
+        "?overlap=0.95": "overlap 0.95: must lie in [0, 0.9] (0.25 is the usual choice)",
+        "?tile=60": "tile 60: must be a positive multiple of 8",
+        "?seed_distance=0": "seed_distance 0: must be a positive whole number, got '0'",
+    }.items():
+        assert_one_line_error(upload(client, png(sample_rgb()), query=query), 400, words)
+    assert client.get("/health").json()["errors"] == 3
+
+
+def test_the_declared_query_parameters_are_the_documented_ones():
+    import inspect
+
+    from msrfnet.serve.app import predict_options
+    from msrfnet.serve.service import QUERY
+
+    declared = set(inspect.signature(predict_options).parameters) - {"request"}
+    assert declared == set(QUERY)
+
+
+def test_tiling_asked_by_the_query_runs_tiled(client, segmenter):
+    import copy
+
+    rgb = sample_rgb(32, 40)  # two 32² windows
+    r = upload(client, png(rgb), query="?format=json&tile=32&overlap=0.5")
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["tiling"] == {"tile": 32, "overlap": 0.5, "scale": None}
+    tiled = copy.copy(segmenter)
+    tiled.set_tiling(32, 0.5, None)
+    assert answer["foreground_fraction"] == pytest.approx(tiled(rgb).mask.mean(), abs=1e-6)
+    plain = upload(client, png(rgb), query="?format=json").json()
+    assert plain["tiling"] is None and segmenter.tiling is None  # the shared one is unchanged
+
+
+def test_objects_take_the_option_groups_defaults_unless_given(client):
+    from msrfnet.option_groups import MIN_SIZE, SEED_DISTANCE
+
+    data = png(sample_rgb(64, 64))
+    default = upload(client, data, query="?format=json&instances=true").json()["objects"]
+    assert (default["min_size"], default["seed_distance"]) == (MIN_SIZE, SEED_DISTANCE)
+    given = upload(client, data, query="?format=json&instances=1&min_size=0").json()["objects"]
+    assert (given["min_size"], given["seed_distance"]) == (0, SEED_DISTANCE)
+    assert given["count"] >= default["count"]  # nothing dropped for its size
+    merged = upload(client, data, query="?format=json&instances=on&seed_distance=9").json()
+    assert (merged["objects"]["min_size"], merged["objects"]["seed_distance"]) == (MIN_SIZE, 9)
+
+
+def test_msrf_serve_refuses_a_bad_limit_naming_its_option(weights):
+    from msrfnet.errors import MSRFError
+    from msrfnet.serve.app import start
+
+    with pytest.raises(MSRFError, match=f"^{MAX_MB_FLAG} 0: must be a finite number above 0"):
+        start(weights, max_mb=0)
+    with pytest.raises(MSRFError, match=f"^{MAX_MEGAPIXELS_FLAG} nan: must be a finite number"):
+        start(weights, max_megapixels=float("nan"))
+
+
 def test_uploads_over_the_byte_or_pixel_limit_are_413(segmenter, weights):
     data = png(sample_rgb())
     small = client_for(segmenter, weights, max_bytes=len(data) // 2)
@@ -212,7 +277,9 @@ def test_uploads_over_the_byte_or_pixel_limit_are_413(segmenter, weights):
     )
     assert_one_line_error(r, 413, "over this server's limit")
     few_pixels = client_for(segmenter, weights, max_pixels=50 * 70 - 1)
-    assert_one_line_error(upload(few_pixels, data, "big.png"), 413, "big.png: 70×50 pixels")
+    r = upload(few_pixels, data, "big.png")
+    assert_one_line_error(r, 413, "big.png: 70×50 pixels")
+    assert f"(msrf serve {MAX_MEGAPIXELS_FLAG} 0.003499)" in r.json()["error"]
     assert upload(client_for(segmenter, weights, max_pixels=50 * 70), data).status_code == 200
 
 

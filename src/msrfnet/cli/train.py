@@ -1,12 +1,12 @@
-"""``msrf train``: the training options (each a :class:`~msrfnet.config.Config` field) and the
-demo defaults on the bundled sample."""
+"""``msrf train``: its options are made from the :class:`~msrfnet.config.Config` fields that declare
+a flag (:data:`msrfnet.config.OPTIONS`: name, rule, help, section, in one place); and the demo
+defaults on the bundled sample."""
 
 from __future__ import annotations
 
 import argparse
 
-from msrfnet import options as opt
-from msrfnet.config import NORMALIZATIONS, PRECISE_BN, PRECISIONS, SCHEDULES, VARIANTS, Config
+from msrfnet.config import OPTIONS, Config
 from msrfnet.errors import MSRFError
 
 __all__ = ["DEMO", "add_train", "cmd_train"]
@@ -15,157 +15,35 @@ __all__ = ["DEMO", "add_train", "cmd_train"]
 #: cores in a few minutes and to reach a validation DSC above 0.75 (measured: README, main job).
 DEMO = {"image_size": 64, "epochs": 15, "batch_size": 4}
 
-_TRAIN_OPTIONS = [
-    # flag, dest, type, help
-    (
-        "--data",
-        "data",
-        str,
-        "dataset folder with train/ val/ test/ (default: ./data/kdsb, else the bundled sample)",
-    ),
-    ("--epochs", "epochs", opt.positive_int, "epochs (original: 125)"),
-    (
-        "--max-minutes",
-        "max_minutes",
-        opt.positive_float,
-        "stop training after this many minutes (best epoch kept)",
-    ),
-    ("--batch-size", "batch_size", opt.positive_int, "images per batch and device (original: 4)"),
-    ("--lr", "lr", opt.positive_float, "Adam learning rate (original: 1e-4)"),
-    (
-        "--image-size",
-        "image_size",
-        opt.image_size,
-        "square model input size, a multiple of 8 (original: 256); "
-        "training keeps ~0.38 GiB (bf16) or ~0.74 GiB (float32) per 256² image, "
-        "scaling with pixels, "
-        "and refuses a size this machine cannot hold",
-    ),
-    (
-        "--patch-size",
-        "patch_size",
-        opt.image_size,
-        "train at native scale: random P×P crops of each image (smaller images reflected up to "
-        "P) instead of resizing whole images to --image-size; validation on each image's centre "
-        "crop; predict/test then tile with P×P windows (a multiple of 8)",
-    ),
-    (
-        "--scale",
-        "scale",
-        opt.scale,
-        "with --patch-size: resample every image by this factor before cropping (0.5 halves "
-        "its sides); predict/test resample by the same factor before tiling",
-    ),
-    (
-        "--variant",
-        "variant",
-        opt.choice(VARIANTS),
-        "official (the Keras graph, default) or clean (Fig. 2a wiring)",
-    ),
-    (
-        "--schedule",
-        "schedule",
-        opt.choice(SCHEDULES),
-        "learning-rate schedule: constant (original) or cosine",
-    ),
-    (
-        "--precision",
-        "precision",
-        opt.choice(PRECISIONS),
-        "auto (bf16-mixed on a GPU, 32 on a CPU), " + ", ".join(PRECISIONS[1:]),
-    ),
-    ("--devices", "devices", opt.devices, "devices per node: auto, a count, or a list like 0,1"),
-    ("--strategy", "strategy", opt.text, "Lightning strategy: auto, ddp, ..."),
-    ("--num-nodes", "num_nodes", opt.positive_int, "machines (with torchrun or SLURM)"),
-    ("--workers", "workers", opt.nonnegative_int, "data-loader worker processes"),
-    ("--seed", "seed", opt.seed, "random seed (default 42)"),
-    ("--out", "out", str, "folder for run directories (default: runs)"),
-    ("--name", "name", opt.run_name, "run directory name (default: msrf-<date>-<time>)"),
-    (
-        "--canny-low",
-        "canny_low",
-        opt.nonnegative_int,
-        "low Canny threshold of the image-gradient input (original: 10)",
-    ),
-    (
-        "--canny-high",
-        "canny_high",
-        opt.nonnegative_int,
-        "high Canny threshold of the image-gradient input (original: 1000)",
-    ),
-    (
-        "--mask-threshold",
-        "mask_threshold",
-        opt.finite_float,
-        "foreground = mask value > T (needed for label-map masks)",
-    ),
-    (
-        "--mask-suffix",
-        "mask_suffix",
-        opt.name_suffix,
-        "masks are named <image stem><suffix> (ISIC: _segmentation); default: the same stem",
-    ),
-    (
-        "--normalize",
-        "normalize",
-        opt.choice(NORMALIZATIONS),
-        "16-bit and float images to 0-255: minmax (each image's own range, default) or "
-        "percentile (its 1-99.8 %% range, clipped); recorded in the checkpoint and applied the "
-        "same way by test, predict and Segmenter",
-    ),
-    ("--cache-dir", "cache_dir", str, "where preprocessed arrays are cached"),
-]
-
 
 def _add_flags(p: argparse.ArgumentParser) -> None:
-    for flag, dest, typ, help_ in _TRAIN_OPTIONS:
-        p.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
-    p.add_argument(
-        "--augment",
-        action="store_true",
-        default=None,
-        help="flips, rot90, mild affine, brightness/contrast (off in the original)",
-    )
-    p.add_argument(
-        "--deterministic",
-        action="store_true",
-        default=None,
-        help="deterministic algorithms (with --seed: repeatable runs)",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        default=None,
-        help="torch.compile the model (falls back to eager if unavailable)",
-    )
-    p.add_argument(
-        "--no-channels-last",
-        dest="channels_last",
-        action="store_false",
-        default=None,
-        help="keep NCHW memory layout",
-    )
-    p.add_argument(
-        "--no-subpixel",
-        dest="subpixel",
-        action="store_false",
-        default=None,
-        help="run the DSDF up-exchanges as transposed convolutions "
-        "(same function, slower on a CPU)",
-    )
-    p.add_argument(
-        "--precise-bn",
-        dest="precise_bn",
-        type=opt.choice(PRECISE_BN),
-        default=None,
-        help="recompute BatchNorm statistics from training batches before validation: auto "
-        "(default: while the running statistics cannot have converged), on, off (original)",
-    )
+    """One flag per :class:`Config` field that declares one (:data:`msrfnet.config.OPTIONS`), under
+    its section's heading: the field's rule as ``type=`` (a bad value stops the parse), its help,
+    and the default None (not given: the config's default, or the resumed run's value). A
+    ``bool`` field's flag comes with its ``--no-`` form (``--augment`` / ``--no-augment``)."""
+    sections: dict = {}
+    for name, option in OPTIONS.items():
+        if option.flag is None:
+            continue
+        if option.section not in sections:
+            sections[option.section] = p.add_argument_group(option.section)
+        if option.switch:
+            kind = {"action": argparse.BooleanOptionalAction}
+        else:
+            kind = {"type": option.rule}
+        help_ = option.help.replace("%", "%%")  # argparse formats help with %
+        sections[option.section].add_argument(
+            option.flag, dest=name, default=None, help=help_, **kind
+        )
 
 
 def _explicit(args: argparse.Namespace) -> dict:
-    fields = set(Config().to_dict())
-    return {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    """The :class:`Config` fields given on the command line (a flag left out is None)."""
+    return {
+        name: getattr(args, name)
+        for name, option in OPTIONS.items()
+        if option.flag is not None and getattr(args, name, None) is not None
+    }
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -193,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if demo:
             print(
                 "demo defaults on the bundled sample: "
-                + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in demo.items())
+                + ", ".join(f"{OPTIONS[k].flag} {v}" for k, v in demo.items())
             )
     train(config)
     return 0

@@ -7,9 +7,11 @@ Endpoints (every error is JSON ``{"error": "<one line>"}``):
   image's size; with ``instances=true`` a uint16 label PNG) or ``format=json`` (size, foreground
   fraction, probability summary, and with ``instances=true`` the object count and table);
   ``images=true`` adds the page's layers as PNG data URLs; ``threshold``, ``min_size``,
-  ``seed_distance``. 400: not multipart, no file, not an image, bad parameter. 413: over
-  ``max_bytes`` (checked from Content-Length and while reading) or ``max_pixels`` (from the
-  image header, before decoding).
+  ``seed_distance``, and ``tile``, ``overlap``, ``scale`` to predict tiled (:data:`QUERY
+  <msrfnet.serve.service.QUERY>`; each checked by the rule of the ``msrf predict`` option of that
+  name, with its message). 400: not multipart, no file, not an image, an unknown or bad
+  parameter. 413: over ``--max-mb`` (checked from Content-Length and while reading) or
+  ``--max-megapixels`` (from the image header, before decoding).
 * ``GET /health`` — status, model, counters, limits. ``GET /model`` — the model card.
 * ``GET /`` — the page (``static/``: plain HTML, JS and CSS; a Content-Security-Policy allows
   nothing but this server, so the page cannot reach the network).
@@ -23,16 +25,28 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from msrfnet import options as opt
 from msrfnet.errors import MSRFError
-from msrfnet.serve.service import BadRequest, InferenceService, TooLarge, parse_options
+from msrfnet.serve.service import (
+    MAX_MB_FLAG,
+    MAX_MEGAPIXELS_FLAG,
+    QUERY,
+    BadRequest,
+    InferenceService,
+    Options,
+    TooLarge,
+    parse_options,
+    unknown_parameter,
+)
 
 __all__ = [
     "STATIC",
@@ -42,6 +56,7 @@ __all__ = [
     "upload_name",
     "read_body",
     "read_upload",
+    "predict_options",
     "create_app",
     "run",
     "check_port_free",
@@ -79,14 +94,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLarge(
             f"upload of {int(declared):,} bytes: over this server's limit of "
-            f"{limit:,} bytes (msrf serve --max-mb)"
+            f"{limit:,} bytes (msrf serve {MAX_MB_FLAG})"
         )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise TooLarge(
-                f"upload over this server's limit of {limit:,} bytes (msrf serve --max-mb)"
+                f"upload over this server's limit of {limit:,} bytes (msrf serve {MAX_MB_FLAG})"
             )
         chunks.append(chunk)
     return b"".join(chunks)
@@ -123,6 +138,39 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str]:
         await form.close()
 
 
+def predict_options(
+    request: Request,
+    format: str | None = Query(None, description=QUERY["format"]),
+    instances: str | None = Query(None, description=QUERY["instances"]),
+    images: str | None = Query(None, description=QUERY["images"]),
+    threshold: str | None = Query(None, description=QUERY["threshold"]),
+    min_size: str | None = Query(None, description=QUERY["min_size"]),
+    seed_distance: str | None = Query(None, description=QUERY["seed_distance"]),
+    tile: str | None = Query(None, description=QUERY["tile"]),
+    overlap: str | None = Query(None, description=QUERY["overlap"]),
+    scale: str | None = Query(None, description=QUERY["scale"]),
+) -> Options:
+    """``POST /predict``'s query parameters (FastAPI reads the declared ones), checked by the
+    rules of the command line's options (:func:`~msrfnet.serve.service.parse_options`); an
+    undeclared one is refused rather than ignored. Each is text, None when not given: the
+    option's own default applies. Raises :class:`BadRequest` (HTTP 400)."""
+    given = {
+        "format": format,
+        "instances": instances,
+        "images": images,
+        "threshold": threshold,
+        "min_size": min_size,
+        "seed_distance": seed_distance,
+        "tile": tile,
+        "overlap": overlap,
+        "scale": scale,
+    }
+    unknown = sorted(set(request.query_params) - set(given))
+    if unknown:
+        raise unknown_parameter(unknown[0])
+    return parse_options(given)
+
+
 def create_app(service: InferenceService) -> FastAPI:
     """The application around one :class:`InferenceService` (one model, shared by requests)."""
     app = FastAPI(title="msrfnet", docs_url=None, redoc_url=None, openapi_url=None)
@@ -132,23 +180,22 @@ def create_app(service: InferenceService) -> FastAPI:
     async def http_error(_request: Request, err: HTTPException):
         return error(err.status_code, str(err.detail))
 
+    @app.exception_handler(MSRFError)
+    async def refused(_request: Request, err: MSRFError):
+        """A bad parameter or upload (400), one over a limit (413), or an input the model refused
+        (400: the client's problem), as one line."""
+        service.count(error=True)
+        return error(getattr(err, "status", 400), str(err))
+
     @app.exception_handler(Exception)
     async def internal_error(_request: Request, err: Exception):  # pragma: no cover - a bug
         log.exception("msrf serve: internal error")
         return error(500, f"internal error: {type(err).__name__}: {err}")
 
     @app.post("/predict")
-    async def predict(request: Request):
-        try:
-            opts = parse_options(dict(request.query_params))
-            data, name = await read_upload(request, service.max_bytes)
-            kind, body = await run_in_threadpool(service.predict, data, name, opts)
-        except (BadRequest, TooLarge) as err:
-            service.count(error=True)
-            return error(err.status, str(err))
-        except MSRFError as err:  # the model refused the input: the client's problem
-            service.count(error=True)
-            return error(400, str(err))
+    async def predict(request: Request, opts: Annotated[Options, Depends(predict_options)]):
+        data, name = await read_upload(request, service.max_bytes)
+        kind, body = await run_in_threadpool(service.predict, data, name, opts)
         service.count(error=False)
         if kind == "png":
             return Response(
@@ -224,9 +271,8 @@ def start(
     """``msrf serve``: load the model once, then serve it until Ctrl+C."""
     from msrfnet.serve.service import InferenceService, Segmenter, model_card
 
-    for flag, value in (("--max-mb", max_mb), ("--max-megapixels", max_megapixels)):
-        if not value > 0 or value != value or value == float("inf"):
-            raise MSRFError(f"{flag} {value}: must be a positive number")
+    for flag, value in ((MAX_MB_FLAG, max_mb), (MAX_MEGAPIXELS_FLAG, max_megapixels)):
+        opt.check(opt.positive_float, value, f"{flag} {value}")
     check_port_free(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(

@@ -4,6 +4,9 @@
   (:mod:`msrfnet.data.io`: any depth stretched, grey repeated, alpha dropped, NaN refused), the
   pixel count checked from the header *before* decoding (:class:`TooLarge` → HTTP 413). Nothing
   is written to disk.
+* :func:`parse_options`: the query parameters, each checked by the rule of its command-line option
+  (:mod:`msrfnet.options`, through the option groups :class:`~msrfnet.option_groups.Objects` and
+  :class:`~msrfnet.option_groups.Tiling`, whose defaults apply when one is not given).
 * :class:`InferenceService`: the one shared :class:`Segmenter`; the model runs under a lock, so
   concurrent requests queue for it and never run it twice at once (on a CPU two parallel runs
   would only fight over the same cores). Decoding, objects and PNG encoding run outside the lock.
@@ -13,47 +16,54 @@
 from __future__ import annotations
 
 import base64
-import hashlib
+import copy
+import dataclasses
 import io
 import threading
 import time
 from argparse import ArgumentTypeError
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from msrfnet import options as opt
 from msrfnet.data.io import _decode_cv2, _pil_to_array
 from msrfnet.errors import MSRFError
-from msrfnet.inference.instances import (
-    MIN_SIZE,
-    SEED_DISTANCE,
-    object_table,
-    split_instances,
-)
+from msrfnet.inference.instances import object_table, split_instances
 from msrfnet.inference.segmenter import (
     Segmenter,
     as_rgb,
 )  # the one import of the inference API in msrfnet.serve
-from msrfnet.options import probability
+from msrfnet.option_groups import MIN_SIZE, SEED_DISTANCE, Objects, Tiling
 from msrfnet.overlay import display_rgb, encode_png
+from msrfnet.safe_output import file_digest
 from msrfnet.weights.checkpoint import read_checkpoint
 from msrfnet.weights.resolve import SHIPPED_WEIGHTS, resolve_weights
 
 __all__ = [
     "BadRequest",
     "TooLarge",
+    "MAX_MB_FLAG",
+    "MAX_MEGAPIXELS_FLAG",
+    "QUERY",
     "Options",
     "InferenceService",
     "decode_upload",
     "model_card",
     "parse_options",
+    "unknown_parameter",
     "Segmenter",
 ]
 
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024  #: largest upload body accepted (32 MiB)
 DEFAULT_MAX_PIXELS = 25_000_000  #: largest image accepted (e.g. 5,000 × 5,000)
+#: The options of ``msrf serve`` that set the limits, as the 413 answers name them (``msrf serve``
+#: declares its flags with these names: tests/serve/test_serve.py checks they exist).
+MAX_MB_FLAG = "--max-mb"
+MAX_MEGAPIXELS_FLAG = "--max-megapixels"
 
 
 class BadRequest(MSRFError):
@@ -81,8 +91,8 @@ def decode_upload(
     def check_pixels(width: int, height: int) -> None:
         if width * height > max_pixels:
             raise TooLarge(
-                f"{name}: {width}×{height} pixels, over this server's limit of "
-                f"{max_pixels:,} pixels (msrf serve --max-pixels)"
+                f"{name}: {width}×{height} pixels, over this server's limit of {max_pixels:,} "
+                f"pixels (msrf serve {MAX_MEGAPIXELS_FLAG} {max_pixels / 1e6:g})"
             )
 
     arr = None
@@ -116,48 +126,85 @@ def decode_upload(
         raise BadRequest(str(err)) from None
 
 
+#: The query parameters of ``POST /predict`` and what they do (the FastAPI application declares
+#: them from here); :func:`parse_options` checks each by its rule, the command line's.
+QUERY = {
+    "format": "png (the mask, or with instances=true the uint16 label image; default) or json "
+    "(size, foreground fraction, probability summary, objects)",
+    "instances": "true: split the mask into objects (msrf predict --instances)",
+    "images": "json: add the page's layers (image, mask, probability, outlines) as PNG data URLs",
+    "threshold": "foreground = probability ≥ T (default: the model's; msrf predict --threshold)",
+    "min_size": f"instances: drop objects under this many pixels (default {MIN_SIZE}; --min-size)",
+    "seed_distance": "instances: objects whose centres are closer than this many pixels stay one "
+    f"(default {SEED_DISTANCE}; --seed-distance)",
+    "tile": "predict tiled with SIZE×SIZE windows, a multiple of 8 (default: as the model was "
+    "trained; --tile)",
+    "overlap": "tiled: share of a window's side that neighbours share (--overlap)",
+    "scale": "tiled: resample the image by S before tiling (--scale)",
+}
+_TILING = tuple(f.name for f in dataclasses.fields(Tiling))
+_OBJECTS = tuple(f.name for f in dataclasses.fields(Objects))
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
-@dataclass
+def _switch(value: str) -> bool:
+    """A true/false query parameter: true, 1, yes, on or false, 0, no, off, empty."""
+    text = str(value).strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise ArgumentTypeError(f"must be true or false, got {value!r}")
+    return text in _TRUE
+
+
+#: The rules of the parameters that are not an option group's (those are Tiling's and Objects').
+_RULES = {
+    "format": opt.choice(("png", "json")),
+    "instances": _switch,
+    "images": _switch,
+    "threshold": opt.probability,  # the rule of msrf predict --threshold
+}
+
+
+@dataclass(frozen=True)
 class Options:
-    """The query parameters of ``POST /predict``."""
+    """The query parameters of ``POST /predict``, checked: the answer's ``format``, whether to
+    split ``objects`` (``instances``) and add the page's ``images``, the ``threshold`` (None:
+    the model's), the :class:`~msrfnet.option_groups.Objects` settings, and the tiling options
+    the request gave (checked by :class:`~msrfnet.option_groups.Tiling`; the rest are the
+    model's own)."""
 
-    format: str = "png"  #: png (the mask, or the label image with instances) or json
-    instances: bool = False  #: split the mask into objects (msrfnet.inference.instances)
-    images: bool = False  #: json: add base64 PNGs (display image, mask, probability, outlines)
-    threshold: float | None = None  #: None = the checkpoint's
-    min_size: int | None = None
-    seed_distance: int | None = None
+    format: str = "png"
+    instances: bool = False
+    images: bool = False
+    threshold: float | None = None
+    objects: Objects = field(default_factory=Objects)
+    tiling: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_options(query: dict[str, str]) -> Options:
-    """:class:`Options` from a query string; an unknown or bad parameter: :class:`BadRequest`."""
-    known = {f for f in Options.__dataclass_fields__}
-    unknown = sorted(set(query) - known)
+def unknown_parameter(name: str) -> BadRequest:
+    """The refusal of a query parameter ``POST /predict`` does not have (rather than ignore it)."""
+    return BadRequest(f"unknown parameter {name!r} (known: {', '.join(sorted(QUERY))})")
+
+
+def parse_options(query: Mapping[str, str | None]) -> Options:
+    """:class:`Options` from query values (None: not given), each checked by the rule of its
+    command-line option (one line ``"name value: why"``, as the Python API says it); an unknown
+    or bad parameter is a :class:`BadRequest`."""
+    given = {k: v.strip() for k, v in query.items() if v is not None}
+    unknown = sorted(set(given) - set(QUERY))
     if unknown:
-        raise BadRequest(f"unknown parameter {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    opts = Options()
-    for key, text in query.items():
-        value = text.strip().lower()
-        if key == "format":
-            if value not in ("png", "json"):
-                raise BadRequest(f"format={text}: choose png or json")
-            opts.format = value
-        elif key in ("instances", "images"):
-            if value not in _TRUE + _FALSE:
-                raise BadRequest(f"{key}={text}: expected true or false")
-            setattr(opts, key, value in _TRUE)
-        elif key == "threshold":
-            try:
-                opts.threshold = probability(value)  # the rule of msrf predict --threshold
-            except ArgumentTypeError as e:
-                raise BadRequest(f"threshold={text}: {e}") from None
-        else:
-            if not value.isdigit() or int(value) > 10_000:
-                raise BadRequest(f"{key}={text}: expected a whole number 0..10000")
-            setattr(opts, key, int(value))
-    return opts
+        raise unknown_parameter(unknown[0])
+    try:
+        checked = {
+            name: opt.check(rule, given[name], f"{name} {given[name]}")
+            for name, rule in _RULES.items()
+            if name in given
+        }
+        objects = Objects(**{k: given[k] for k in _OBJECTS if k in given})
+        tiling = Tiling(**{k: given[k] for k in _TILING if k in given})
+    except MSRFError as err:
+        raise BadRequest(str(err)) from None
+    asked = {k: getattr(tiling, k) for k in _TILING if k in given}
+    return Options(**checked, objects=objects, tiling=asked)
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -167,6 +214,24 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def summary(prob: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """The JSON answer's numbers: the foreground fraction and the probabilities' summary."""
+    counts, edges = np.histogram(prob, bins=10, range=(0.0, 1.0))
+    return {
+        "foreground_fraction": round(float(mask.mean()), 6),
+        "probability": {
+            "mean": round(float(prob.mean()), 6),
+            "min": round(float(prob.min()), 6),
+            "max": round(float(prob.max()), 6),
+            "mean_foreground": round(float(prob[mask].mean()), 6) if mask.any() else None,
+            "histogram": {
+                "edges": [round(float(e), 2) for e in edges],
+                "counts": counts.tolist(),
+            },
+        },
+    }
 
 
 @dataclass
@@ -216,11 +281,26 @@ class InferenceService:
             "limits": {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels},
         }
 
-    def segment(self, rgb: np.ndarray, threshold: float | None):
+    def segmenter_for(self, tiling: dict[str, Any]) -> Segmenter:
+        """The shared segmenter, or (when the request set tiling options) a copy of it that tiles
+        as asked, sharing its runner: the options not given keep the model's own tiling."""
+        if not tiling:
+            return self.segmenter
+        seg = self.segmenter
+        own = {"tile": seg.tile, "overlap": seg.overlap, "scale": seg.scale}
+        asked = Tiling(**{**own, **tiling})
+        view = copy.copy(seg)
+        try:
+            view.set_tiling(asked.tile, asked.overlap, asked.scale)
+        except MSRFError as err:  # e.g. an int8 package that takes one input size
+            raise BadRequest(str(err)) from None
+        return view
+
+    def segment(self, rgb: np.ndarray, threshold: float | None, segmenter: Segmenter | None = None):
         """The model's :class:`Segmentation` of one RGB image, queued behind any other request."""
         with self._model_lock:
             t0 = time.perf_counter()
-            result = self.segmenter(rgb, threshold=threshold)
+            result = (segmenter or self.segmenter)(rgb, threshold=threshold)
             self.stats.model_seconds += time.perf_counter() - t0
         return result
 
@@ -228,55 +308,38 @@ class InferenceService:
         """("png", bytes) or ("json", dict) for one uploaded file."""
 
         t0 = time.perf_counter()
-        rgb = decode_upload(data, name, self.max_pixels, self.segmenter.normalize)
-        out = self.segment(rgb, opts.threshold)
+        segmenter = self.segmenter_for(opts.tiling)
+        rgb = decode_upload(data, name, self.max_pixels, segmenter.normalize)
+        out = self.segment(rgb, opts.threshold, segmenter)
         t_model = time.perf_counter() - t0
-        threshold = self.segmenter.threshold if opts.threshold is None else opts.threshold
+        threshold = segmenter.threshold if opts.threshold is None else opts.threshold
         labels = None
         if opts.instances:
-            min_size = MIN_SIZE if opts.min_size is None else opts.min_size
-            seed_distance = SEED_DISTANCE if opts.seed_distance is None else opts.seed_distance
             try:
-                labels = split_instances(
-                    out.probability,
-                    threshold,
-                    min_size=min_size,
-                    seed_distance=max(1, seed_distance),
-                )
+                labels = split_instances(out.probability, threshold, **opts.objects.as_dict())
             except MSRFError as err:
                 raise BadRequest(str(err)) from None
         if opts.format == "png":
             picture = labels if labels is not None else out.mask.astype(np.uint8) * 255
             return "png", png_bytes(picture)
-        prob, mask = out.probability, out.mask
-        counts, edges = np.histogram(prob, bins=10, range=(0.0, 1.0))
-        answer: dict[str, Any] = {
+        answer = {
             "file": name,
             "width": int(rgb.shape[1]),
             "height": int(rgb.shape[0]),
             "threshold": threshold,
-            "foreground_fraction": round(float(mask.mean()), 6),
-            "probability": {
-                "mean": round(float(prob.mean()), 6),
-                "min": round(float(prob.min()), 6),
-                "max": round(float(prob.max()), 6),
-                "mean_foreground": round(float(prob[mask].mean()), 6) if mask.any() else None,
-                "histogram": {
-                    "edges": [round(float(e), 2) for e in edges],
-                    "counts": counts.tolist(),
-                },
-            },
-            "model": self.segmenter.description,
+            **summary(out.probability, out.mask),
+            "model": segmenter.description,
+            "tiling": segmenter.tiling,
         }
         if labels is not None:
+            table = object_table(labels, intensity=rgb)
             answer["objects"] = {
                 "count": int(labels.max()),
-                "min_size": min_size,
-                "seed_distance": seed_distance,
-                "table": object_table(labels, intensity=rgb),
+                **opts.objects.as_dict(),
+                "table": table,
             }
         if opts.images:
-            answer["images"] = self.pictures(rgb, prob, mask, labels)
+            answer["images"] = self.pictures(rgb, out.probability, out.mask, labels)
         answer["seconds"] = {
             "until_mask": round(t_model, 4),
             "total": round(time.perf_counter() - t0, 4),
@@ -306,32 +369,15 @@ def model_card(weights: str | Path | None, segmenter: Segmenter) -> dict[str, An
 
     path = resolve_weights(weights, prefer_runs=False)  # a run folder → its best.safetensors
     _, cfg, info = read_checkpoint(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
     shipped = path.resolve() == SHIPPED_WEIGHTS.resolve()
     card_file = SHIPPED_WEIGHTS.parent / "MODEL_CARD.md"
-    training = {
-        k: getattr(cfg, k)
-        for k in (
-            "data",
-            "name",
-            "epochs",
-            "max_minutes",
-            "batch_size",
-            "lr",
-            "schedule",
-            "augment",
-            "precision",
-            "seed",
-        )
-    }
+    names = "data name epochs max_minutes batch_size lr schedule augment precision seed".split()
+    training = {k: getattr(cfg, k) for k in names}
     return {
         "weights": {
             "file": path.name,
             "bytes": path.stat().st_size,
-            "sha256": digest.hexdigest(),
+            "sha256": file_digest(path),
             "shipped": shipped,
         },
         "model": {
