@@ -26,7 +26,12 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture()
-def private_cache(tmp_path_factory, monkeypatch):
-    """The bundled sample's cache goes to the user cache folder: keep it out of the home folder."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Every cache of pre-processed arrays goes to the user cache folder
+    (``platformdirs.user_cache_dir``, ``$XDG_CACHE_HOME/msrfnet`` on Linux): keep the tests' caches
+    out of the home folder, in this session's temporary folder (subprocesses inherit it). Session
+    scope, so that it is in place before any module-scoped fixture trains."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+        yield

@@ -33,6 +33,10 @@ BAD = [
     (["split", "src"], "msrf split", "--out"),  # a required option missing
     (["nonsense"], "msrf", "nonsense"),
     (["train", "--bogus"], "msrf train", "--bogus"),  # named by the subcommand it was given to
+    # no prefix matching: --epoch is not --epochs, --vers is not --version (issue 20)
+    (["train", "--epoch", "2"], "msrf train", "unrecognized arguments: --epoch 2"),
+    (["predict", "x", "--thresh", "0.3"], "msrf predict", "unrecognized arguments: --thresh"),
+    (["--vers"], "msrf", "unrecognized arguments: --vers"),
 ]
 
 
@@ -55,6 +59,14 @@ def test_every_subcommand_parser_has_the_one_line_errors():
     for name, parser in _subcommands(top).items():
         assert type(parser) is type(top), name
     assert type(top) is not argparse.ArgumentParser
+
+
+def test_no_parser_takes_an_abbreviated_option_but_full_names_still_work():
+    top = build_parser()
+    parsers = {"msrf": top, **_subcommands(top)}
+    assert [name for name, p in parsers.items() if p.allow_abbrev] == []
+    args = top.parse_args(["train", "--epochs=3", "--batch-size", "2"])
+    assert (args.command, args.epochs, args.batch_size) == ("train", 3, 2)
 
 
 def test_help_still_prints_usage(capsys):

@@ -98,7 +98,7 @@ class _FullFile:
 
 def test_a_full_disk_during_the_build_is_one_line_and_leaves_nothing(data, monkeypatch):
     monkeypatch.setattr(cache_module, "_npy_writer", lambda path, shape: _FullFile(path, 200))
-    cache_root = data / cache_module.CACHE_FOLDER
+    cache_root = cache_module.cache_folder(data)
     with pytest.raises(MSRFError) as full:
         load_or_build_cache(data, "train", SIZE)
     assert str(full.value) == f"{cache_root}: cannot write the cache (no space left on device)"
@@ -110,4 +110,21 @@ def test_a_build_that_cannot_fit_is_refused_before_writing(data, monkeypatch):
     monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda p: usage._replace(free=1000))
     with pytest.raises(MSRFError, match=r"not enough free space for the cache \(1 MiB needed"):
         load_or_build_cache(data, "train", SIZE)
-    assert not list((data / cache_module.CACHE_FOLDER).glob("*train*"))
+    assert not list(cache_module.cache_folder(data).glob("*train*"))
+    assert not (data / cache_module.LEGACY_CACHE_FOLDER).exists()
+
+
+def test_building_every_cache_of_a_run_only_reads_the_dataset(data, monkeypatch, tmp_path):
+    """What ``msrf train`` builds (``prepare_data``: every split), with the default cache folder:
+    no file or folder appears or changes under the data root; the entries are in the user cache."""
+    from msrfnet.config import Config
+    from msrfnet.data.datamodule import MSRFDataModule
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    before = {str(p.relative_to(data)): p.stat().st_mtime_ns for p in data.rglob("*")}
+    MSRFDataModule(Config(image_size=SIZE, workers=0), data).prepare_data()
+    after = {str(p.relative_to(data)): p.stat().st_mtime_ns for p in data.rglob("*")}
+    assert after == before
+    entries = sorted(p.name.split("-")[0] for p in cache_module.cache_folder(data).iterdir())
+    assert entries == ["test", "train", "val"]
+    assert cache_module.cache_folder(data).parent == tmp_path / "xdg" / "msrfnet"

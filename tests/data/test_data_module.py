@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Subset
 
 from msrfnet.config import Config
 from msrfnet.data.augment import PresetAugment
-from msrfnet.data.cache import CACHE_FOLDER, load_or_build_cache
+from msrfnet.data.cache import LEGACY_CACHE_FOLDER, cache_folder, load_or_build_cache
 from msrfnet.data.datamodule import MSRFDataModule
 from msrfnet.data.dataset import MSRFDataset
 from msrfnet.data.io import read_image, read_mask
@@ -27,7 +27,7 @@ from msrfnet.errors import MSRFError
 
 @pytest.fixture()
 def user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the fallback cache (~/.cache/msrfnet) at a temporary folder."""
+    """Point the user cache folder (~/.cache/msrfnet) at a temporary folder."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     return tmp_path / "xdg" / "msrfnet"
 
@@ -40,9 +40,17 @@ def data(tmp_path: Path) -> Path:
 # ---------------------------------------------------------------- cache
 
 
-def test_cache_contents_and_reuse(data: Path) -> None:
+def files_under(folder: Path) -> dict[str, int]:
+    """Every file and folder under ``folder`` with its mtime: what a run may not change."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_cache_contents_and_reuse(data: Path, user_cache: Path) -> None:
+    before = files_under(data)
     cache = load_or_build_cache(data, "train", 32)
-    assert cache.path.parent == data / CACHE_FOLDER and cache.path.name.startswith("train-s32-")
+    assert cache.path.parent == cache_folder(data) and cache.path.name.startswith("train-s32-")
+    assert cache.path.parent.parent == user_cache and cache.path.parent.name.startswith("d-")
+    assert files_under(data) == before  # the dataset is only read
     assert sorted(p.name for p in cache.path.iterdir()) == ["images.npy", "masks.npy", "meta.json"]
     assert isinstance(cache.images, np.memmap) and not cache.images.flags.writeable
     assert cache.images.shape == (10, 32, 32, 3) and cache.masks.shape == (10, 32, 32)
@@ -74,31 +82,84 @@ def test_cache_invalidated_when_a_file_changes(data: Path) -> None:
     assert load_or_build_cache(data, "val", 32, mask_threshold=10).path.name != third.path.name
 
 
-def test_cache_falls_back_when_dataset_is_read_only(data: Path, user_cache: Path) -> None:
+def test_a_read_only_dataset_is_cached_like_any_other(data: Path, user_cache: Path) -> None:
     os.chmod(data, 0o555)
     try:
         cache = load_or_build_cache(data, "test", 32)
     finally:
         os.chmod(data, 0o755)
-    assert not (data / CACHE_FOLDER).exists()
+    assert not (data / LEGACY_CACHE_FOLDER).exists()
     assert cache.path.parent.parent == user_cache and cache.path.parent.name.startswith("d-")
+
+
+def test_two_datasets_and_a_changed_dataset_never_share_an_entry(
+    data: Path, tmp_path: Path, user_cache: Path
+) -> None:
+    import shutil
+
+    twin = Path(shutil.copytree(data, tmp_path / "twin" / "d"))  # same name, same files
+    first, other = load_or_build_cache(data, "val", 32), load_or_build_cache(twin, "val", 32)
+    assert first.path.parent != other.path.parent  # keyed by the dataset's path
+    assert other.path.parent.parent == user_cache and first.path.exists()
+    save(twin / "val/masks/s000.png", np.zeros((40, 48), np.uint8))
+    changed = load_or_build_cache(twin, "val", 32)  # keyed by the content
+    assert changed.path != other.path and changed.masks[0].max() == 0
+    assert load_or_build_cache(data, "val", 32).masks[0].max() > 0
+
+
+def test_a_legacy_cache_in_the_dataset_is_left_alone_and_noted(
+    data: Path, user_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from msrfnet.data.cache import cache_key, split_pairs
+
+    key = cache_key(data, "train", 32, split_pairs(data, "train"), None)
+    legacy = data / LEGACY_CACHE_FOLDER / f"train-s32-{key}"  # the very entry, were it read
+    legacy.mkdir(parents=True)
+    (legacy / "meta.json").write_text("{garbage")  # read, it would be deleted as corrupt
+    before = files_under(data)
+    with caplog.at_level(logging.INFO, logger="msrfnet"):
+        cache = load_or_build_cache(data, "train", 32)
+        load_or_build_cache(data, "val", 32)
+    assert cache.path.parent.parent == user_cache and files_under(data) == before
+    notes = [r.getMessage() for r in caplog.records if "no longer uses" in r.getMessage()]
+    assert len(notes) == 1  # once per dataset and process
+    assert all(n.startswith(f"{data.resolve() / LEGACY_CACHE_FOLDER}: an old cache") for n in notes)
+
+
+def test_a_cache_dir_among_the_inputs_is_refused_beside_them_allowed(
+    data: Path, tmp_path: Path
+) -> None:
+    for inside in (data / "train/images", data / "val/masks/sub"):
+        with pytest.raises(MSRFError, match=r"^--cache-dir .*: (is|lies inside) the input folder"):
+            load_or_build_cache(data, "test", 32, cache_dir=inside)
+    assert not (data / "val/masks/sub").exists()
+    beside = load_or_build_cache(data, "test", 32, cache_dir=data / "cache")
+    assert beside.path.parent.parent == data / "cache"
 
 
 def test_cache_dir_override_and_bundled_sample(
     data: Path, tmp_path: Path, user_cache: Path
 ) -> None:
     cache = load_or_build_cache(data, "test", 32, cache_dir=tmp_path / "mine")
-    assert cache.path.parent.parent == tmp_path / "mine" and not (data / CACHE_FOLDER).exists()
+    assert (
+        cache.path.parent.parent == tmp_path / "mine" and not (data / LEGACY_CACHE_FOLDER).exists()
+    )
     sample = load_or_build_cache(sample_root(), "test", 256)
-    assert sample.path.parent.parent == user_cache and not (sample_root() / CACHE_FOLDER).exists()
+    assert (
+        sample.path.parent.parent == user_cache
+        and not (sample_root() / LEGACY_CACHE_FOLDER).exists()
+    )
     assert sample.images.shape == (5, 256, 256, 3)
 
 
-def test_cache_build_errors_name_the_file_and_leave_nothing(data: Path) -> None:
+def test_cache_build_errors_name_the_file_and_leave_nothing(data: Path, user_cache: Path) -> None:
     (data / "train/images/s003.png").write_bytes(b"")
     with pytest.raises(MSRFError, match=r"^train/images/s003.png: empty file \(0 bytes\)$"):
         load_or_build_cache(data, "train", 32)
-    assert list((data / CACHE_FOLDER).iterdir()) == []
+    assert list(cache_folder(data).iterdir()) == []
+    assert not (data / LEGACY_CACHE_FOLDER).exists()
     (data / "val/masks/s000.png").unlink()
     with pytest.raises(MSRFError, match=r"val/images/s000.png: no mask with stem 's000'"):
         load_or_build_cache(data, "val", 32)

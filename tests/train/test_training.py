@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -90,13 +92,37 @@ def test_end_to_end_train_test_predict(trained, data, tmp_path):
     )
 
 
-def test_resume_continues_from_the_last_epoch(data, tmp_path):
-    assert main(train_args(data, tmp_path, "r", epochs=1, size=16)) == 0
-    run = tmp_path / "r"
-    assert main(["train", "--resume", str(run), "--epochs", "2", "--workers", "0"]) == 0
+def _tree(folder) -> dict[str, int]:
+    """Every file and folder under ``folder`` with its mtime."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def _epochs_in_bar(text: str) -> list[str]:
+    return sorted(set(re.findall(r"Epoch \d+(?:/\d+)?", text)))
+
+
+def test_resume_continues_from_the_last_epoch(data, tmp_path, capsys):
+    before = _tree(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(train_args(data, tmp_path, "r", epochs=1, size=16)) == 0
+        first_out = "".join(capsys.readouterr())  # the bar is on stdout, warnings on stderr
+        run = tmp_path / "r"
+        assert main(["train", "--resume", str(run), "--epochs", "2", "--workers", "0"]) == 0
+        resumed_out = "".join(capsys.readouterr())
     assert [r["epoch"] for r in history(run)] == ["1", "2"]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
-    assert (run / "logs" / "metrics.csv").is_file() and (run / "logs-2" / "metrics.csv").is_file()
+    # one logs folder: the resumed run continues logs/metrics.csv (issue 20)
+    assert sorted(p.name for p in run.glob("logs*")) == ["logs"]
+    with open(run / "logs" / "metrics.csv") as f:
+        logged = {int(float(r["epoch"])) for r in csv.DictReader(f) if r.get("epoch")}
+    assert logged == {0, 1}  # Lightning's 0-based epochs, both runs in one file
+    noise = [str(w.message) for w in caught if "exists and is not empty" in str(w.message)]
+    assert noise == [] and "exists and is not empty" not in first_out + resumed_out
+    # the progress bar counts epochs from 1, as history.csv and best_metrics.json do
+    assert _epochs_in_bar(first_out) == ["Epoch 1/1"]
+    assert _epochs_in_bar(resumed_out) == ["Epoch 2/2"]
+    assert _tree(data) == before  # the dataset was only read (its cache is elsewhere)
 
 
 def test_nonfinite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(

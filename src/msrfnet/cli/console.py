@@ -20,7 +20,15 @@ class Parser(argparse.ArgumentParser):
     Stock argparse prints the whole usage block first (7-15 lines for ``msrf train``), which buries
     the one line that says what is wrong. ``add_subparsers`` makes its subcommands with
     ``type(self)``, so setting this class on the top-level parser covers every subcommand.
+
+    No abbreviations (``allow_abbrev=False``, on every parser made by this class): stock argparse
+    takes ``--epoch 2`` silently as ``--epochs 2``, and an abbreviation that works today breaks
+    (or changes meaning) the day an option with the same prefix is added. A misspelt option is
+    ``unrecognized arguments: --epoch 2``.
     """
+
+    def __init__(self, *args, allow_abbrev: bool = False, **kwargs) -> None:
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         """Print ``PROG: error: MESSAGE (see PROG --help)`` on stderr and exit 2 (no usage)."""

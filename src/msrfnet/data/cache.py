@@ -9,10 +9,14 @@ the image normalisation (``normalize``, :func:`msrfnet.data.io.to_uint8`) and ev
 relative paths, byte sizes and mtimes, so editing, touching, adding or removing a
 file builds a new entry (and the stale one of that split and size is deleted).
 
-Cache root: ``cache_dir`` if given, else ``<data>/.msrf_cache``; when the dataset folder is
-read-only (a shared data set; a folder without write bits counts as read-only even for root) and
-for the bundled sample it is ``$XDG_CACHE_HOME/msrfnet`` (``~/.cache/msrfnet``).
-Outside ``<data>/.msrf_cache`` entries go in a per-dataset subfolder ``<name>-<hash of its path>``.
+Where: ``<cache root>/<name>-<hash of the dataset's resolved path>/``, the cache root being
+``cache_dir`` (``--cache-dir``) if given, else the user's cache folder
+(``platformdirs.user_cache_dir("msrfnet")``: ``$XDG_CACHE_HOME/msrfnet`` or ``~/.cache/msrfnet``
+on Linux). So two datasets never share a folder, and a changed dataset never matches an entry
+(the key). The dataset folder is only read: msrf never writes among its inputs, and a
+``--cache-dir`` inside a split's ``images/`` or ``masks/`` folder is refused. An old
+``<data>/.msrf_cache`` (what earlier versions wrote) is neither read nor deleted; a one-line note
+says it can go.
 An entry is built in a temporary folder and renamed into place, so a crash or a second process
 never sees a half-written cache. The arrays are written with ordinary writes after a check of the
 free space (a memory-mapped write would die with SIGBUS on a full disk); a failed build removes its
@@ -35,19 +39,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import platformdirs
 
 from msrfnet.data.files import Pair, display_name
 from msrfnet.data.io import read_image, read_mask
-from msrfnet.data.layout import split_pairs
+from msrfnet.data.layout import SPLITS, split_candidates, split_pairs
 from msrfnet.data.preprocess import preprocess_pair
-from msrfnet.data.root import sample_root
 from msrfnet.errors import MSRFError, first_line
 
 __all__ = [
     "CACHE_VERSION",
-    "CACHE_FOLDER",
+    "LEGACY_CACHE_FOLDER",
     "SplitCache",
-    "cache_roots",
+    "cache_folder",
     "cache_key",
     "CorruptEntry",
     "load_or_build_cache",
@@ -56,7 +60,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-CACHE_FOLDER = ".msrf_cache"
+#: Where versions before issue 20 put the cache: inside the dataset, among the inputs.
+LEGACY_CACHE_FOLDER = ".msrf_cache"
 
 
 @dataclass
@@ -79,7 +84,9 @@ class SplitCache:
 
 
 def _user_cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "msrfnet"
+    """The user's cache folder for msrfnet (``$XDG_CACHE_HOME/msrfnet`` on Linux, read at each
+    call so that a test can point it elsewhere)."""
+    return Path(platformdirs.user_cache_dir("msrfnet", appauthor=False))
 
 
 def _dataset_folder_name(root: Path) -> str:
@@ -105,17 +112,40 @@ def _writable(folder: Path) -> bool:
         return False
 
 
-def cache_roots(root: str | Path, cache_dir: str | Path | None = None) -> list[Path]:
-    """Where caches of dataset ``root`` are looked up, in order (new ones: the first writable)."""
-    root = Path(root)
-    if cache_dir is not None:
-        return [Path(cache_dir) / _dataset_folder_name(root)]
-    user = _user_cache_root() / _dataset_folder_name(root)
-    if (
-        root.resolve() == sample_root()
-    ):  # never write into the installed package (or the git checkout)
-        return [user]
-    return [root / CACHE_FOLDER, user]
+def cache_folder(root: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The folder of dataset ``root``'s cache entries: ``<cache_dir or the user's cache
+    folder>/<name>-<hash of the resolved path>``, never inside the dataset."""
+    base = Path(cache_dir).expanduser() if cache_dir is not None else _user_cache_root()
+    return base / _dataset_folder_name(Path(root))
+
+
+def _refuse_among_inputs(root: Path, cache_dir: str | Path) -> None:
+    """Refuse, in one line, a ``--cache-dir`` that is or lies inside a split's ``images/`` or
+    ``masks/`` folder: its files would lie among the inputs (beside them, in the root, is fine)."""
+    from msrfnet.safe_output import refuse_inside_inputs
+
+    inputs = [
+        folder / kind
+        for split in SPLITS
+        for folder in split_candidates(root, split)
+        for kind in ("images", "masks")
+    ]
+    refuse_inside_inputs(cache_dir, inputs, option="--cache-dir")
+
+
+_noted_legacy: set[Path] = set()
+
+
+def _note_legacy(root: Path, folder: Path) -> None:
+    """Say once per dataset that an old ``<data>/.msrf_cache`` is no longer used (msrf neither
+    reads it, which could keep a cache among the inputs alive, nor deletes it: only read data)."""
+    legacy = root.resolve() / LEGACY_CACHE_FOLDER
+    if legacy in _noted_legacy or not legacy.is_dir():
+        return
+    _noted_legacy.add(legacy)
+    log.info(
+        "%s: an old cache that msrf no longer uses (it caches in %s); delete it", legacy, folder
+    )
 
 
 def cache_key(
@@ -296,23 +326,25 @@ def load_or_build_cache(
     masks paired by stem + ``mask_suffix``, images read with ``normalize`` (``to_uint8``).
 
     Raises :class:`MSRFError` naming the file on the first unpaired, unreadable or mismatched file
-    (``check_data`` lists them all), when no cache folder is writable, and naming the folder and
-    the cause when it lacks the space or a write fails (the half-built entry is removed). A
-    corrupt entry (truncated array, garbled ``meta.json``) is noted, deleted and rebuilt.
+    (``check_data`` lists them all), when the cache folder (:func:`cache_folder`) is not writable
+    or ``cache_dir`` lies among the inputs, and naming the folder and the cause when it lacks the
+    space or a write fails (the half-built entry is removed). A corrupt entry (truncated array,
+    garbled ``meta.json``) is noted, deleted and rebuilt. Nothing is written into ``root``.
     """
     root = Path(root)
+    if cache_dir is not None:
+        _refuse_among_inputs(root, cache_dir)
     pairs = split_pairs(root, split, mask_suffix)
     key = cache_key(root, split, size, pairs, mask_threshold, normalize)
     name = _entry_name(split, size, key)
-    folders = cache_roots(root, cache_dir)
-    for folder in folders:
-        cache = _load_valid(folder, name, root)
-        if cache is not None:
-            return cache
-    target_root = next((f for f in folders if _writable(f)), None)
-    if target_root is None:
+    target_root = cache_folder(root, cache_dir)
+    _note_legacy(root, target_root)
+    cache = _load_valid(target_root, name, root)
+    if cache is not None:
+        return cache
+    if not _writable(target_root):
         raise MSRFError(
-            f"{folders[-1]}: cache folder not writable; pass a writable cache_dir (--cache-dir)"
+            f"{target_root}: cache folder not writable; pass a writable cache_dir (--cache-dir)"
         )
     _check_free_space(target_root, len(pairs), size)
     start = time.perf_counter()

@@ -1,10 +1,12 @@
 """Lightning plumbing that keeps a run safe and readable: atomic checkpoint writes, safetensors
-copies of the best/last weights with their metadata, and a training-curve figure."""
+copies of the best/last weights with their metadata, a training-curve figure, a progress bar that
+counts epochs from 1, and a CSV log that a resumed run continues."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,10 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from msrfnet.metrics import per_image_dice_torch
 from msrfnet.model import predict_proba
@@ -24,12 +30,17 @@ from msrfnet.weights.checkpoint import save_torch, save_weights
 
 __all__ = [
     "AtomicCheckpointIO",
+    "InterruptNotice",
     "ProgressBar",
+    "ResumableCSVLogger",
+    "epoch_description",
     "WeightsExport",
     "CurvePlot",
     "plot_curves",
     "plot_predictions",
 ]
+
+log = logging.getLogger("msrfnet")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -49,14 +60,106 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
+class InterruptNotice(L.Callback):
+    """On Ctrl-C, one line that says how to continue the run (when it has a checkpoint)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
+            if (self.run_dir / "checkpoints" / "last.ckpt").exists():
+                log.warning(
+                    "interrupted: the last checkpoint is kept; continue with: "
+                    "msrf train --resume %s",
+                    self.run_dir,
+                )
+
+
 class ProgressBar(TQDMProgressBar):
-    """Lightning's progress bar without ``v_num``: the logger's version is the name of the run's
-    log folder ("logs"), which says nothing in a run folder of its own."""
+    """Lightning's progress bar, its epochs counted from 1 as everything else of a run counts them
+    (the summary, ``history.csv``, ``best_metrics.json``): "Epoch 1/2" for the first of two, where
+    Lightning says "Epoch 0". Without ``v_num``: the logger's version is the name of the run's log
+    folder ("logs"), which says nothing in a run folder of its own."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        # Lightning's own, with the description set before the bar is redrawn (calling it and then
+        # renaming the bar would still draw "Epoch 0" once)
+        if self._leave:
+            self.train_progress_bar = self.init_train_tqdm()
+        bar = self.train_progress_bar
+        bar.set_description(epoch_description(trainer), refresh=False)
+        total = convert_inf(self.total_train_batches)
+        bar.reset(total=total)
+        bar.total, bar.initial = total, 0  # reset keeps the old total when the new one is None
 
     def get_metrics(self, trainer: L.Trainer, pl_module) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
         return items
+
+
+def epoch_description(trainer: L.Trainer) -> str:
+    """``Epoch k/N`` of the epoch starting now, counted from 1 (``Epoch k`` without a limit)."""
+    total = trainer.max_epochs
+    return f"Epoch {trainer.current_epoch + 1}" + (f"/{total}" if total and total > 0 else "")
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSV logger, continued on ``--resume`` in the same folder and file.
+
+    Lightning's own deletes an existing ``metrics.csv`` (with a warning) when its folder exists, so
+    a resumed run used to log into a second folder (``logs-2/``). This one keeps the rows of the
+    epochs before ``first_epoch`` (the epoch the resume starts with; the rows of that epoch that
+    the interrupted run logged are dropped, since it runs again) and appends to them.
+    """
+
+    def __init__(self, save_dir: str | Path, version: str, first_epoch: int = 0) -> None:
+        super().__init__(str(save_dir), name="", version=version)
+        self.first_epoch = first_epoch
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuedWriter(self.log_dir, self.first_epoch)
+        return self._experiment
+
+
+class _ContinuedWriter(ExperimentWriter):
+    """The experiment writer of :class:`ResumableCSVLogger`: starts from the kept rows."""
+
+    def __init__(self, log_dir: str, first_epoch: int) -> None:
+        self._first_epoch = first_epoch
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = list(reader.fieldnames or []), list(reader)
+        kept = [r for r in rows if _epoch_of(r) < self._first_epoch]
+        self.metrics_keys = fields
+        if len(kept) < len(rows):
+
+            def write(tmp) -> None:
+                with open(tmp, "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
+                    writer.writeheader()
+                    writer.writerows(kept)
+
+            atomic_write(path, write)
+
+
+def _epoch_of(row: dict[str, str]) -> float:
+    """The (0-based) epoch of a row of ``metrics.csv``; a row without one counts as kept."""
+    try:
+        return float(row.get("epoch") or "-inf")
+    except ValueError:
+        return float("-inf")
 
 
 class WeightsExport(L.Callback):

@@ -8,8 +8,8 @@ A run directory holds:
 - ``last.safetensors``, ``best.safetensors`` (+ ``best_metrics.json``) — the weights with config,
   metrics and package versions, what ``msrf test/predict/export --weights`` read;
 - ``logs/metrics.csv`` (and TensorBoard events when ``tensorboard`` is installed; a resumed run
-  writes ``logs-2/``, …), ``history.csv`` and ``curves.png`` — loss and validation DSC per epoch,
-  the whole run across resumes;
+  continues them in the same folder), ``history.csv`` and ``curves.png`` — loss and validation DSC
+  per epoch, the whole run across resumes;
 - ``predictions.png`` — image | truth | prediction of the first validation images, by the best
   weights (written at the end).
 """
@@ -38,7 +38,9 @@ from msrfnet.safe_output import io_error
 from msrfnet.train.callbacks import (
     AtomicCheckpointIO,
     CurvePlot,
+    InterruptNotice,
     ProgressBar,
+    ResumableCSVLogger,
     WeightsExport,
     plot_predictions,
 )
@@ -60,21 +62,6 @@ log = logging.getLogger("msrfnet")
 
 #: The run folder rank 0 created, for the processes Lightning's DDP launcher starts after it.
 RUN_DIR_ENV = "MSRF_RUN_DIR"
-
-
-class _InterruptNotice(L.Callback):
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
-            last = self.run_dir / "checkpoints" / "last.ckpt"
-            if last.exists():
-                log.warning(
-                    "interrupted: the last checkpoint is kept; continue with: "
-                    "msrf train --resume %s",
-                    self.run_dir,
-                )
 
 
 def validate_dataset(root: Path, config: Config) -> str:
@@ -171,21 +158,31 @@ def _failures(run_dir: Path, discard: bool):
         raise
 
 
-def build_trainer(config: Config, run_dir: Path, steps_per_epoch: int) -> L.Trainer:
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+@contextmanager
+def _without_lightning_noise():
+    """Silence the two warnings of Lightning that say nothing to a user of ``msrf train``."""
+    with warnings.catch_warnings():
+        # Lightning 2.6 still uses torch's LeafSpec; the deprecation is theirs, not the user's
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)`", FutureWarning)
+        # a resumed run's checkpoints/ holds last.ckpt, the very file it resumes from: expected
+        warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty\.$")
+        yield
 
-    # a resumed run logs beside the earlier logs (Lightning's CSV logger would overwrite them)
-    version, n = "logs", 1
-    while (run_dir / version).exists():
-        n += 1
-        version = f"logs-{n}"
-    loggers = [CSVLogger(str(run_dir), name="", version=version)]
+
+def build_trainer(
+    config: Config, run_dir: Path, steps_per_epoch: int, first_epoch: int = 0
+) -> L.Trainer:
+    """The Trainer of a run in ``run_dir``; ``first_epoch`` (0-based) is where a resumed run
+    starts: its logs continue in ``logs/`` from there (one folder, one ``metrics.csv``)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    loggers = [ResumableCSVLogger(run_dir, version="logs", first_epoch=first_epoch)]
     try:
         import tensorboard  # noqa: F401
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(str(run_dir), name="", version=version))
+        # a resumed run adds an event file beside the earlier ones; TensorBoard reads them all
+        loggers.append(TensorBoardLogger(str(run_dir), name="", version="logs"))
     except ImportError:
         pass
     # only the full state of the last epoch is kept (~300 MB with Adam's moments); the best
@@ -221,7 +218,7 @@ def build_trainer(config: Config, run_dir: Path, steps_per_epoch: int) -> L.Trai
             WeightsExport(run_dir),
             CurvePlot(run_dir),
             checkpoint,
-            _InterruptNotice(run_dir),
+            InterruptNotice(run_dir),
             ProgressBar(refresh_rate=10 if torch.cuda.is_available() else 1),
             PreciseBN(config.precise_bn),
         ],
@@ -261,11 +258,11 @@ def resume_config(run_dir: str | Path) -> Config:
     return Config.load(path)
 
 
-def _check_resume(run_dir: Path, config: Config) -> tuple[Path, int]:
+def _check_resume(run_dir: Path, config: Config) -> tuple[Path, int, int]:
     """Everything ``--resume`` needs, checked before anything is written: the checkpoint is safe
     and fits ``config``; ``config`` changes only what :data:`~msrfnet.config.RESUME_CHANGEABLE`
     allows, against ``config.yaml`` and the checkpoint's own config; epochs remain to be trained.
-    Returns the checkpoint's path and optimizer step."""
+    Returns the checkpoint's path, optimizer step and number of epochs done."""
 
     ckpt_path = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt_path.is_file():
@@ -291,7 +288,7 @@ def _check_resume(run_dir: Path, config: Config) -> tuple[Path, int]:
             f"{run_dir}: {done} of {config.epochs} epochs are done, nothing to resume; "
             f"give more --epochs"
         )
-    return ckpt_path, int(ckpt.get("global_step", 0))
+    return ckpt_path, int(ckpt.get("global_step", 0)), done
 
 
 def _check_machine(config: Config) -> float:
@@ -303,13 +300,13 @@ def _check_machine(config: Config) -> float:
     )
 
 
-def _build_trainer(config: Config, run_dir: Path, steps: int) -> L.Trainer:
+def _build_trainer(config: Config, run_dir: Path, steps: int, first_epoch: int) -> L.Trainer:
     """:func:`build_trainer`, with Lightning's refusal of a setting (an unknown ``--strategy``, a
     ``--precision`` or ``--devices`` it cannot use here) as one line."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
-        return build_trainer(config, run_dir, steps)
+        return build_trainer(config, run_dir, steps, first_epoch)
     except (ValueError, TypeError, MisconfigurationException) as e:
         raise MSRFError(
             f"Lightning refuses --strategy {config.strategy} / --devices "
@@ -337,10 +334,10 @@ def train(config: Config, resume: str | Path | None = None) -> Path:
         raise MSRFError("scale: resamples the images of a native-scale run; set patch_size too")
     if config.patch_size:  # native scale: the model input is the patch
         config.image_size = config.patch_size
-    ckpt_path, step0, rank0 = None, 0, _is_rank_zero()
+    ckpt_path, step0, done, rank0 = None, 0, 0, _is_rank_zero()
     if resume is not None:
         run_dir = Path(resume)
-        ckpt_path, step0 = _check_resume(run_dir, config)
+        ckpt_path, step0, done = _check_resume(run_dir, config)
     elif not config.name and _external_launch():
         raise MSRFError(
             "a multi-process launch (torchrun, srun) needs --name, so that every "
@@ -368,7 +365,7 @@ def train(config: Config, resume: str | Path | None = None) -> Path:
             )
         steps = n_train // config.batch_size
         module = MSRFModule(config)
-        trainer = _build_trainer(config, run_dir, steps)
+        trainer = _build_trainer(config, run_dir, steps, done)
         if rank0:
             config.save(run_dir / "config.yaml")
     if config.patch_size:
@@ -384,9 +381,7 @@ def train(config: Config, resume: str | Path | None = None) -> Path:
         f"~{memory:.2f} GiB of activations per step and device"
     )
     t0 = time.perf_counter()
-    with _failures(run_dir, discard=False), warnings.catch_warnings():
-        # Lightning 2.6 still uses torch's LeafSpec; the deprecation is theirs, not the user's
-        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)`", FutureWarning)
+    with _failures(run_dir, discard=False), _without_lightning_noise():
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if trainer.global_step <= step0:
         why = (
