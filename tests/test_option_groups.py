@@ -34,3 +34,16 @@ def test_model_source_rules():
         ModelSource(batch_size=0)
     with pytest.raises(MSRFError, match=r"^threshold 1.5: must lie in \[0, 1\]"):
         ModelSource(threshold=1.5)
+
+
+def test_outputs_rules():
+    from pathlib import Path
+
+    from msrfnet.option_groups import Outputs
+
+    assert Outputs().out == Path("predictions") and Outputs("masks/").out == Path("masks")
+    assert Outputs(overwrite=True).overwrite and Outputs(skip_existing=True).skip_existing
+    with pytest.raises(MSRFError, match="^pass either --overwrite or --skip-existing, not both"):
+        Outputs(overwrite=True, skip_existing=True)
+    with pytest.raises(MSRFError, match="^out: must be a non-empty text"):
+        Outputs(out="")

@@ -148,13 +148,30 @@ def test_train_api_refuses_bad_config_before_anything(tmp_path):
 def test_one_image_size_rule_everywhere():
     from msrfnet.bench import run as bench
     from msrfnet.data import datamodule
-    from msrfnet.inference import predict
+    from msrfnet.inference import segmenter
 
     assert (
-        predict.check_image_size
+        segmenter.check_image_size
         is bench.check_image_size
         is datamodule.check_image_size
         is options.check_image_size
     )
     with pytest.raises(MSRFError, match="image_size 250: must be a positive multiple of 8.*248"):
         options.check_image_size(250)
+
+
+def test_inference_memory_is_checked_against_the_machine(monkeypatch):
+    """Prediction's memory rule: the measured peak per 256² image scaled by pixels and batch,
+    against the RAM this process can get (a CPU) — refused in one line naming the option."""
+    monkeypatch.setattr(options, "available_ram", lambda: (2**30, "of RAM available"))
+    assert options.check_inference_memory(256) == pytest.approx(options.GIB_PER_256_INFERENCE)
+    assert options.check_inference_memory(512, 1, device="cpu") == pytest.approx(0.8)
+    with pytest.raises(MSRFError) as refused:
+        options.check_inference_memory(1024, 1, "--tile")
+    assert str(refused.value) == (
+        "--tile 1024: predicting one input of 1024×1024 at once needs about 3.2 GiB, more than "
+        "the 1.0 GiB of RAM available; lower --tile"
+    )
+    with pytest.raises(MSRFError, match=r"^image_size 256: predicting 8 inputs .* or the batch"):
+        options.check_inference_memory(256, 8, "image_size")
+    assert options.inference_memory_gib(100_000) > 30_000  # msrf predict --image-size 100000

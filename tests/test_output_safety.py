@@ -17,7 +17,7 @@ from _model_helpers import make_weights
 import msrfnet.safe_output as so
 from msrfnet.cli import main
 from msrfnet.errors import MSRFError
-from msrfnet.safe_output import MANIFEST, OutputFolder, file_target, refuse_inside_inputs
+from msrfnet.safe_output import MANIFEST, OutputFolder, file_target, refuse_collisions
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 
@@ -146,16 +146,43 @@ def test_inside_inputs_and_file_targets(tmp_path):
     inputs.mkdir()
     for out in (inputs, inputs / "masks", inputs / "a" / ".."):
         with pytest.raises(MSRFError, match="--out .*(is|lies inside) the input folder"):
-            refuse_inside_inputs(out, [inputs])
-    refuse_inside_inputs(tmp_path / "masks", [inputs])  # a sibling is fine
+            refuse_collisions(out, input_folders=[inputs])
+    refuse_collisions(tmp_path / "masks", input_folders=[inputs])  # a sibling is fine
     (tmp_path / "link").symlink_to(inputs)
     with pytest.raises(MSRFError, match="is the input folder"):
-        refuse_inside_inputs(tmp_path / "link", [inputs])
+        refuse_collisions(tmp_path / "link", input_folders=[inputs])
     with pytest.raises(MSRFError, match="is a folder; name the file to write"):
         file_target(inputs, "msrf export")
     (tmp_path / "m.onnx").write_bytes(b"a user's model")
     with pytest.raises(MSRFError, match="m.onnx: exists and is a file msrf did not write"):
         file_target(tmp_path / "m.onnx", "msrf export", overwrite=True)
+
+
+def test_collisions_with_input_files_are_exact(tmp_path):
+    """Input files given by name: their folder, and folders beside or inside it, may hold
+    outputs; only an output that is an input file is refused, in one line naming both."""
+    slide = tmp_path / "slide.tif"
+    slide.write_bytes(b"an image")
+    files = {"input_files": [slide]}
+    refuse_collisions(tmp_path / "masks", **files, outputs=["slide.tif", "slide.png"])
+    refuse_collisions(tmp_path, **files, outputs=["slide.png", "slide_prob.png"])
+    refuse_collisions(tmp_path / "deep" / "er", **files, outputs=["slide.tif"])
+    with pytest.raises(MSRFError) as refused:
+        refuse_collisions(tmp_path, **files, outputs=["slide.png", "slide.tif"])
+    assert str(refused.value) == (
+        f"--out {tmp_path}: the output {slide} would replace the input file {slide}; msrf "
+        "never writes over its inputs, choose another folder"
+    )
+    (tmp_path / "here").symlink_to(tmp_path)  # the same folder by another name
+    with pytest.raises(MSRFError, match="would replace the input file"):
+        refuse_collisions(tmp_path / "here", **files, outputs=["slide.tif"], option="--into")
+    with pytest.raises(MSRFError, match=r"^--out .*slide.tif: is the input file .*slide.tif; "):
+        refuse_collisions(slide, **files)
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)  # a link that loops is compared by its own path
+    refuse_collisions(tmp_path, input_files=[loop], outputs=["loop_prob.png"])
+    with pytest.raises(MSRFError, match="would replace the input file"):
+        refuse_collisions(tmp_path, input_files=[loop], outputs=["loop.png"])
 
 
 # --- msrf predict ---------------------------------------------------------------------------------
@@ -170,6 +197,24 @@ def test_predict_never_writes_among_its_inputs(weights, tmp_path, capsys):
     assert _predict(weights, scans / "img0.png", "--out", scans) == 2
     _one_error_line(capsys, "predict")
     assert _digest(scans) == before
+
+
+def test_predict_beside_a_single_image_is_allowed(weights, tmp_path, capsys, monkeypatch):
+    """The README's ``msrf predict slide.tif --tile 256 --out masks/``, run in the folder that
+    holds the image: allowed, and so is ``--out .`` when no output is named like an input."""
+    monkeypatch.chdir(_images(tmp_path / "scans", 1))
+    save(Path("scan.jpg"), blob_pair(24, 32, seed=5)[0])
+    before = _digest(Path("."))
+    assert _predict(weights, "img0.png", "--tile", 16, "--out", "masks/") == 0
+    assert sorted(_digest(Path("masks"))) == [MANIFEST, "img0.png"]
+    assert _predict(weights, "scan.jpg", "--out", ".", "--probabilities") == 0
+    assert {"scan.png", "scan_prob.png"} <= set(_digest(Path(".")))
+    capsys.readouterr()
+    assert _predict(weights, "img0.png", "--out", ".") == 2  # img0.png would replace itself
+    assert "the output img0.png would replace the input file img0.png" in _one_error_line(
+        capsys, "predict"
+    )
+    assert {k: v for k, v in _digest(Path(".")).items() if k in before} == before
 
 
 def test_predict_never_replaces_ground_truth(weights, tmp_path, capsys):
@@ -228,12 +273,38 @@ def test_predict_out_that_is_a_file(weights, tmp_path, capsys):
 def test_test_never_writes_into_the_dataset(weights, tmp_path, capsys):
     root = make_dataset(tmp_path / "d", {"train": 1, "val": 1, "test": 2})
     before = _digest(root)
-    for out in (root, root / "test" / "masks"):
+    images, masks = root / "test" / "images", root / "test" / "masks"
+    for out, where in (
+        (images, f"is the input folder {images}"),
+        (masks / "report", f"lies inside the input folder {masks}"),
+    ):
         assert (
             main(["test", "--data", str(root), "--weights", str(weights), "--out", str(out)]) == 2
         )
-        assert "input folder" in _one_error_line(capsys, "test")
+        assert _one_error_line(capsys, "test") == (
+            f"msrf test: error: --out {out}: {where}; msrf never writes among its inputs, "
+            "choose a folder outside it"
+        )
     assert _digest(root) == before
+
+
+def test_test_writes_its_report_into_a_run_folder_inside_the_dataset(
+    weights, tmp_path, capsys, monkeypatch
+):
+    # cd mydata && msrf train --data . && msrf test --data .: the run folder is ./runs/<run>
+    root = make_dataset(tmp_path / "mydata", {"train": 1, "val": 1, "test": 2})
+    splits = _digest(root)
+    run = root / "runs" / "msrf-demo"
+    run.mkdir(parents=True)
+    (run / "best.safetensors").write_bytes(weights.read_bytes())
+    (run / "config.yaml").write_text("image_size: 16\n")
+    monkeypatch.chdir(root)
+    assert main(["test", "--data", "."]) == 0
+    assert "results: runs/msrf-demo/test/" in capsys.readouterr().out
+    assert {"metrics.json", "metrics.csv", MANIFEST} <= set(_digest(run / "test"))
+    assert {k: v for k, v in _digest(root).items() if not k.startswith("runs/")} == splits
+    assert main(["test", "--data", ".", "--out", "."]) == 0  # beside train/ val/ test/ too
+    assert (root / "metrics.json").is_file()
 
 
 def test_test_rerun_and_disk_full(weights, tmp_path, capsys, monkeypatch):

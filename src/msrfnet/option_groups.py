@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from msrfnet import options as opt
+from msrfnet.errors import MSRFError
 
 __all__ = [
     "DEFAULT_OVERLAP",
@@ -22,6 +24,7 @@ __all__ = [
     "Tiling",
     "Objects",
     "ModelSource",
+    "Outputs",
 ]
 
 #: The share of a window's side that neighbouring tiles share: enough that every pixel's
@@ -111,6 +114,31 @@ class ModelSource:
                 "batch_size": opt.positive_int,
             },
         )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where ``msrf predict`` writes and what: masks in the folder ``out``, with
+    ``probabilities`` and ``overlay`` files beside them; ``overwrite`` replaces an earlier msrf
+    run's outputs, ``skip_existing`` keeps them (resume; not both); ``strict`` stops at the first
+    unreadable input instead of naming and skipping it; ``recursive`` reads input folders with
+    their sub-folders (the outputs mirror the tree)."""
+
+    out: str | Path = "predictions"
+    overlay: bool = False
+    probabilities: bool = False
+    overwrite: bool = False
+    skip_existing: bool = False
+    strict: bool = False
+    recursive: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(opt.check(opt.path_text, self.out, "out")))
+        if self.overwrite and self.skip_existing:
+            raise MSRFError("pass either --overwrite or --skip-existing, not both")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -5,7 +5,8 @@
 - :meth:`msrfnet.config.Config.validate`: the same rules for the Python API and for a run's
   ``config.yaml`` (which may have been edited by hand);
 - against the machine: :func:`available_ram` for the memory checks of ``msrf train``
-  (:mod:`msrfnet.train.machine`) and of prediction, before anything is allocated.
+  (:mod:`msrfnet.train.machine`) and of prediction (:func:`check_inference_memory`), before
+  anything is allocated.
 
 A rule takes the value (a string from the command line, or a parsed value from a config) and returns
 it converted, or raises :class:`argparse.ArgumentTypeError` with a message that does not repeat
@@ -49,6 +50,9 @@ __all__ = [
     "boolean",
     "optional",
     "available_ram",
+    "GIB_PER_256_INFERENCE",
+    "inference_memory_gib",
+    "check_inference_memory",
 ]
 
 
@@ -287,3 +291,56 @@ def available_ram() -> tuple[int, str]:
     except (OSError, ValueError):
         pass
     return avail, "of RAM available"
+
+
+#: Peak memory of one eval forward (no autograd) per image at 256², float32: 0.20 GiB. Measured
+#: as the rise of the peak resident memory (``getrusage`` ``ru_maxrss``) of a fresh process over
+#: one ``TorchRunner(MSRFNet(), "cpu", exact=True)`` call, after a warm-up call at 16²: +0.049 GiB
+#: at 128² × 1, +0.103 at 128² × 2, +0.174 at 256² × 1, +0.675 at 256² × 4, +0.756 at 512² × 1,
+#: i.e. 0.17–0.21 GiB per 256² image, growing with the pixels. The CPU bfloat16 fast path needs
+#: about half (0.08–0.09); the check uses float32, what ``--exact``, a CPU without bf16 and
+#: onnxruntime's float32 run.
+GIB_PER_256_INFERENCE = 0.20
+
+
+def inference_memory_gib(size: int, batch: int = 1) -> float:
+    """Peak memory of predicting ``batch`` model inputs of ``size``² at once (one runner call):
+    :data:`GIB_PER_256_INFERENCE` scaled by pixels and batch."""
+    return GIB_PER_256_INFERENCE * (size / 256) ** 2 * batch
+
+
+def check_inference_memory(
+    size: int, batch: int = 1, what: str = "--image-size", device: Any = None
+) -> float:
+    """Refuse a model input of ``size``² (the window's side when tiling) in batches of ``batch``
+    that needs more memory than this machine has, before anything is allocated: the RAM this
+    process can get, or the memory of the GPU when ``device`` (a ``torch.device`` or its name;
+    ``auto``: CUDA when there is one) is one. ``what`` names the option in the one-line
+    :class:`MSRFError`. Returns the estimate (GiB)."""
+    need = inference_memory_gib(size, batch)
+    have, where = _gpu_memory(device) or available_ram()
+    if need * 2**30 > have:
+        images = f"{batch} inputs" if batch > 1 else "one input"
+        raise MSRFError(
+            f"{what} {size}: predicting {images} of {size}×{size} at once needs about "
+            f"{need:.1f} GiB, more than the {have / 2**30:.1f} GiB {where}; lower {what}"
+            f"{' or the batch size' if batch > 1 else ''}"
+        )
+    return need
+
+
+def _gpu_memory(device: Any) -> tuple[int, str] | None:
+    """(bytes, "of GPU memory") of the CUDA ``device``; None for other devices, or a CUDA device
+    that is not there (loading the model names that problem)."""
+    kind = getattr(device, "type", None) or str(device or "cpu").strip().lower().split(":")[0]
+    if kind not in ("cuda", "auto"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    try:
+        props = torch.cuda.get_device_properties(device if kind == "cuda" else 0)
+    except (AssertionError, RuntimeError, ValueError):
+        return None
+    return props.total_memory, "of GPU memory"

@@ -1,8 +1,9 @@
 """Where ``msrf predict``, ``msrf test`` and ``msrf export`` may write, and how: the one place for
 the rules that keep a user's files safe (docs/SAFETY.md).
 
-* **Never among the inputs.** An output folder that is, or lies inside, an input folder is refused
-  (:func:`refuse_inside_inputs`).
+* **Never among the inputs.** An output folder that is, or lies inside, a folder whose files are
+  read as inputs is refused, and so is an output file that would replace an input file; a folder
+  beside an input file is allowed (:func:`refuse_collisions`).
 * **Never over a file msrf did not write.** Each output folder keeps a manifest,
   ``.msrf-manifest.jsonl``: one JSON line per file msrf wrote there (its path relative to the
   folder, its SHA-256, the command, the time). An existing file may be replaced only when its
@@ -35,6 +36,7 @@ __all__ = [
     "MANIFEST",
     "describe_os_error",
     "io_error",
+    "refuse_collisions",
     "refuse_inside_inputs",
     "OutputFolder",
     "atomic_write",
@@ -59,26 +61,58 @@ def io_error(path: str | Path, error: OSError, what: str = "cannot write") -> MS
     return MSRFError(f"{path}: {what} ({describe_os_error(error)})")
 
 
-def refuse_inside_inputs(out: str | Path, inputs: Iterable[str | Path], option: str = "--out"):
-    """Raise when the folder ``out`` is, or lies inside, one of the ``inputs`` folders."""
-    target = Path(out).expanduser().resolve()
-    for folder in inputs:
-        source = Path(folder).expanduser().resolve()
+def refuse_collisions(
+    out: str | Path,
+    *,
+    input_files: Iterable[str | Path] = (),
+    input_folders: Iterable[str | Path] = (),
+    outputs: Iterable[str] = (),
+    option: str = "--out",
+) -> None:
+    """Refuse an output folder ``out`` that collides with the inputs, in one line naming the
+    collision: ``out`` is, or lies inside, one of ``input_folders`` (folders whose files are read
+    as inputs: a later run would read the outputs as inputs); ``out`` is one of ``input_files``;
+    or one of ``outputs`` (file names under ``out``) is one of ``input_files`` (it would replace
+    an input). A folder beside an input file, or the folder that holds input files given by
+    name, is allowed when no output name is an input. Symbolic links are resolved."""
+    target = _real(out)
+    for folder in input_folders:
+        source = _real(folder)
         if target == source or target.is_relative_to(source):
             where = "is the input folder" if target == source else "lies inside the input folder"
             raise MSRFError(
                 f"{option} {out}: {where} {folder}; msrf never writes among its "
                 "inputs, choose a folder outside it"
             )
+    files = {_real(f): f for f in input_files}
+    if target in files:
+        raise MSRFError(f"{option} {out}: is the input file {files[target]}; choose a folder")
+    for name in outputs:
+        taken = files.get(_real(target / name))
+        if taken is not None:
+            raise MSRFError(
+                f"{option} {out}: the output {Path(out) / name} would replace the input file "
+                f"{taken}; msrf never writes over its inputs, choose another folder"
+            )
+
+
+def _real(path: str | Path) -> Path:
+    """``path`` absolute with every symbolic link resolved (one that loops or leads nowhere
+    stays as it is: reading it names the problem)."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def refuse_inside_inputs(out: str | Path, inputs: Iterable[str | Path], option: str = "--out"):
+    """:func:`refuse_collisions` with input folders only (a thin name kept while its callers
+    move to :func:`refuse_collisions`)."""
+    refuse_collisions(out, input_folders=inputs, option=option)
 
 
 def file_digest(path: str | Path) -> str:
-    """The SHA-256 of a file's content, hex."""
-    digest = hashlib.sha256()
+    """The SHA-256 of a file's content, hex: the one digest of a file in msrfnet (the manifest,
+    the settings of ``--skip-existing``, an export's and ``GET /model``'s weights digest)."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class OutputFolder:
@@ -300,7 +334,7 @@ def file_target(
     if out.is_dir():
         example = out / "msrfnet.onnx"
         raise MSRFError(f"{option} {out}: is a folder; name the file to write (e.g. {example})")
-    refuse_inside_inputs(out.parent, inputs, option)
+    refuse_collisions(out.parent, input_folders=inputs, option=option)
     folder = OutputFolder(out.parent, command, overwrite=overwrite, option=option)
     folder.plan([[out.name]])
     return folder, out.name

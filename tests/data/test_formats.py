@@ -18,9 +18,11 @@ from msrfnet.config import Config
 from msrfnet.data import check_data, load_or_build_cache, pair_files, read_image, resize_image
 from msrfnet.data.io import PERCENTILES, to_uint8
 from msrfnet.errors import MSRFError
-from msrfnet.inference.predict import OBJECTS_SUMMARY, SkippedInputs, run_predict
+from msrfnet.inference.predict import SkippedInputs, predict
+from msrfnet.inference.predict_files import OBJECTS_SUMMARY
 from msrfnet.inference.segmenter import Segmenter
 from msrfnet.inference.stacks import tiff_planes
+from msrfnet.option_groups import ModelSource, Objects, Outputs
 
 SIZE = 32
 
@@ -66,8 +68,10 @@ def test_stacks_are_predicted_plane_by_plane(fake_backend, tmp_path):
     save(tmp_path / "in" / "single.png", discs(2).astype(np.uint16))
     assert [tiff_planes(tmp_path / "in" / n) for n in ("z.tif", "cells.ome.tif")] == [3, 4]
     out = tmp_path / "out"
-    written = run_predict(
-        [tmp_path / "in"], out=out, instances=True, probabilities=True, overlay=True
+    written = predict(
+        [tmp_path / "in"],
+        objects=Objects(),
+        outputs=Outputs(out=out, overlay=True, probabilities=True),
     )
     assert sorted(p.name for p in written) == ["cells.tif", "single.png", "z.tif"]
     mask = tifffile.imread(out / "z.tif")
@@ -101,8 +105,16 @@ def test_stack_equals_its_planes_with_a_real_model(weights, tmp_path):
     tifffile.imwrite(tmp_path / "stack" / "s.tif", np.stack(planes), photometric="minisblack")
     for k, plane in enumerate(planes):
         save(tmp_path / "single" / f"p{k}.png", plane)
-    run_predict([tmp_path / "stack"], weights=weights, out=tmp_path / "o1", exact=True)
-    run_predict([tmp_path / "single"], weights=weights, out=tmp_path / "o2", exact=True)
+    predict(
+        [tmp_path / "stack"],
+        model=ModelSource(weights=weights, exact=True),
+        outputs=Outputs(out=tmp_path / "o1"),
+    )
+    predict(
+        [tmp_path / "single"],
+        model=ModelSource(weights=weights, exact=True),
+        outputs=Outputs(out=tmp_path / "o2"),
+    )
     stacked = tifffile.imread(tmp_path / "o1" / "s.tif")
     for k in range(3):
         alone = np.asarray(cv2.imread(str(tmp_path / "o2" / f"p{k}.png"), 0))
@@ -121,13 +133,13 @@ def test_a_broken_stack_is_named_and_skipped(fake_backend, tmp_path):
     nan[1, 0, 0] = np.nan
     tifffile.imwrite(tmp_path / "in" / "nan.tif", nan, photometric="minisblack")
     with pytest.raises(SkippedInputs) as skipped:
-        run_predict([tmp_path / "in"], out=tmp_path / "out")
+        predict([tmp_path / "in"], outputs=Outputs(out=tmp_path / "out"))
     assert [p.name for p in skipped.value.written] == ["good.tif"]
     assert len(skipped.value.failures) == 2 and "cut.tif" in skipped.value.failures[0]
     assert "nan.tif plane 1" in skipped.value.failures[1] and "NaN" in skipped.value.failures[1]
     assert not (tmp_path / "out" / "nan.tif").exists()
     with pytest.raises(MSRFError, match="nan.tif plane 1"):
-        run_predict([tmp_path / "in" / "nan.tif"], out=tmp_path / "out2")
+        predict([tmp_path / "in" / "nan.tif"], outputs=Outputs(out=tmp_path / "out2"))
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
 
 
@@ -138,10 +150,10 @@ def test_recursive_folders_mirror_the_tree(fake_backend, weights, tmp_path):
     src = tmp_path / "in"
     for rel, n in (("a.png", 1), ("plate1/b.png", 2), ("plate1/A/c.png", 3), (".hidden/d.png", 1)):
         save(src / rel, discs(n))
-    flat = run_predict([src], out=tmp_path / "flat")
+    flat = predict([src], outputs=Outputs(out=tmp_path / "flat"))
     assert [p.name for p in flat] == ["a.png"]  # the default: the files directly inside
     out = tmp_path / "out"
-    written = run_predict([src], out=out, recursive=True, instances=True)
+    written = predict([src], objects=Objects(), outputs=Outputs(out=out, recursive=True))
     assert [p.relative_to(out).as_posix() for p in written] == [
         "a.png",
         "plate1/A/c.png",
@@ -150,15 +162,17 @@ def test_recursive_folders_mirror_the_tree(fake_backend, weights, tmp_path):
     assert tifffile.imread(out / "plate1" / "A" / "c_labels.tif").max() == 3
     assert [r["stem"] for r in read_csv(out / OBJECTS_SUMMARY)] == ["a", "plate1/A/c", "plate1/b"]
     save(src / "plate1" / "new.png", discs(4))
-    again = run_predict([src], out=out, recursive=True, instances=True, skip_existing=True)
+    again = predict(
+        [src], objects=Objects(), outputs=Outputs(out=out, skip_existing=True, recursive=True)
+    )
     assert [p.relative_to(out).as_posix() for p in again] == ["plate1/new.png"]
     assert len(read_csv(out / OBJECTS_SUMMARY)) == 4
     with pytest.raises(MSRFError, match="lies inside the input folder"):
-        run_predict([src], out=src / "plate1" / "out", recursive=True)
+        predict([src], outputs=Outputs(out=src / "plate1" / "out", recursive=True))
     (tmp_path / "only_sub" / "x").mkdir(parents=True)
     save(tmp_path / "only_sub" / "x" / "e.png", discs(1))
     with pytest.raises(MSRFError, match="sub-folders: --recursive"):
-        run_predict([tmp_path / "only_sub"], out=tmp_path / "o3")
+        predict([tmp_path / "only_sub"], outputs=Outputs(out=tmp_path / "o3"))
     assert (
         main(
             ["predict", str(tmp_path / "only_sub"), "--recursive", "--out", str(tmp_path / "o4")]
@@ -221,12 +235,10 @@ def test_normalize_recorded_at_training_and_applied_at_inference(weights, tmp_pa
     by_rule = seg(to_uint8(img, "percentile"))  # the same pixels handed over as uint8
     assert np.array_equal(seg(img).probability, by_rule.probability)
     assert not np.array_equal(seg(img).probability, seg(to_uint8(img)).probability)
-    run_predict(
+    predict(
         [tmp_path / "in"],
-        weights=pct,
-        out=tmp_path / "o",
-        probabilities=True,
-        exact=True,
+        model=ModelSource(weights=pct, exact=True),
+        outputs=Outputs(out=tmp_path / "o", probabilities=True),
     )
     prob = cv2.imread(str(tmp_path / "o" / "hot_prob.png"), -1) / 65535.0
     assert np.abs(prob - by_rule.probability).max() < 1e-4

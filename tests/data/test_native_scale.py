@@ -17,8 +17,9 @@ from msrfnet.config import Config
 from msrfnet.data import MSRFDataModule, read_image, read_mask
 from msrfnet.data.native import NativeDataset, reflect_to
 from msrfnet.data.resample import rescale
-from msrfnet.inference.predict import run_predict
+from msrfnet.inference.predict import predict
 from msrfnet.inference.segmenter import Segmenter
+from msrfnet.option_groups import ModelSource, Outputs
 from msrfnet.weights.checkpoint import read_checkpoint
 
 
@@ -94,8 +95,10 @@ def test_native_run_records_the_mode_and_predict_tiles(
     result = seg(image)
     assert result.mask.shape == image.shape[:2]
     with said() as lines:
-        written = run_predict(
-            [data / "test" / "images"], weights=native_run, out=tmp_path / "pred", exact=True
+        written = predict(
+            [data / "test" / "images"],
+            model=ModelSource(weights=native_run, exact=True),
+            outputs=Outputs(out=tmp_path / "pred"),
         )
     assert len(written) == 2 and "tiles of 32²" in lines[-1]
     assert not any("not at native scale" in line for line in lines)  # they were trained so

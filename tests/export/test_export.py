@@ -15,8 +15,9 @@ from msrfnet.accel.cpu import flush_denormals
 from msrfnet.cli import main
 from msrfnet.errors import MSRFError
 from msrfnet.export.onnx import export_onnx
-from msrfnet.inference.predict import run_predict
+from msrfnet.inference.predict import predict
 from msrfnet.model.loading import load_model
+from msrfnet.option_groups import ModelSource, Outputs
 
 SIZE = 32
 
@@ -99,7 +100,11 @@ def test_predict_onnx_matches_torch(weights, exported, tmp_path, capsys, monkeyp
         == 0
     )
     assert f"image size {SIZE}" in capsys.readouterr().out
-    run_predict([str(tmp_path / "in")], weights=weights, out=tmp_path / "torch", exact=True)
+    predict(
+        [str(tmp_path / "in")],
+        model=ModelSource(weights=weights, exact=True),
+        outputs=Outputs(out=tmp_path / "torch"),
+    )
     foreground = 0
     for stem, size in sizes.items():
         a = cv2.imread(str(tmp_path / "onnx" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)

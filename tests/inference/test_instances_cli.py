@@ -13,9 +13,10 @@ from _model_helpers import make_weights, use_runner, write_image
 
 from msrfnet.cli import build_parser, main
 from msrfnet.errors import MSRFError
-from msrfnet.inference.instances import MIN_SIZE, SEED_DISTANCE
-from msrfnet.inference.predict import OBJECTS_SUMMARY, run_predict
+from msrfnet.inference.predict import predict
+from msrfnet.inference.predict_files import OBJECTS_SUMMARY
 from msrfnet.inference.segmenter import Segmenter
+from msrfnet.option_groups import MIN_SIZE, SEED_DISTANCE, Objects, Outputs
 
 SIZE = 32
 
@@ -39,7 +40,7 @@ def nuclei(n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture
 def fake_backend(monkeypatch):
-    """run_predict with :func:`red_runner` at 32² instead of a loaded model."""
+    """msrf predict with :func:`red_runner` at 32² instead of a loaded model."""
     opened = []
     use_runner(monkeypatch, red_runner, SIZE, calls=opened)
     return opened
@@ -77,7 +78,7 @@ def test_segmenter_instances_split_touching_nuclei():
 
 def test_predict_instances_writes_labels_objects_and_counts(fake_backend, folder, tmp_path):
     out = tmp_path / "out"
-    written = run_predict([folder], out=out, instances=True)
+    written = predict([folder], objects=Objects(), outputs=Outputs(out=out))
     assert sorted(p.name for p in written) == ["n1.png", "n2.png", "n4.png"]
     for n in (1, 2, 4):
         labels = tifffile.imread(out / f"n{n}_labels.tif")
@@ -103,7 +104,7 @@ def test_predict_instances_writes_labels_objects_and_counts(fake_backend, folder
 
 def test_empty_image_has_a_header_only_csv_and_count_zero(fake_backend, tmp_path):
     write_image(tmp_path / "in" / "dark.png", np.zeros((20, 24, 3), np.uint8))
-    run_predict([tmp_path / "in"], out=tmp_path / "out", instances=True)
+    predict([tmp_path / "in"], objects=Objects(), outputs=Outputs(out=tmp_path / "out"))
     assert (tmp_path / "out" / "dark_objects.csv").read_text().startswith("label,area,")
     assert read_csv(tmp_path / "out" / "dark_objects.csv") == []
     assert tifffile.imread(tmp_path / "out" / "dark_labels.tif").shape == (20, 24)
@@ -112,15 +113,15 @@ def test_empty_image_has_a_header_only_csv_and_count_zero(fake_backend, tmp_path
 
 def test_overwrite_and_skip_existing_keep_the_summary_whole(fake_backend, folder, tmp_path):
     out = tmp_path / "out"
-    run_predict([folder / "n1.png", folder / "n2.png"], out=out, instances=True)
+    predict([folder / "n1.png", folder / "n2.png"], objects=Objects(), outputs=Outputs(out=out))
     with pytest.raises(MSRFError, match="--overwrite to replace or --skip-existing"):
-        run_predict([folder], out=out, instances=True)
+        predict([folder], objects=Objects(), outputs=Outputs(out=out))
     opened = len(fake_backend)
-    written = run_predict([folder], out=out, instances=True, skip_existing=True)
+    written = predict([folder], objects=Objects(), outputs=Outputs(out=out, skip_existing=True))
     assert [p.name for p in written] == ["n4.png"] and len(fake_backend) == opened + 1
     # the kept images' counts come from their CSVs: the summary covers the whole folder
     assert [r["count"] for r in read_csv(out / OBJECTS_SUMMARY)] == ["1", "2", "4"]
-    run_predict([folder], out=out, instances=True, overwrite=True, min_size=200)
+    predict([folder], objects=Objects(min_size=200), outputs=Outputs(out=out, overwrite=True))
     assert [r["count"] for r in read_csv(out / OBJECTS_SUMMARY)] == ["0", "0", "0"]
 
 
@@ -129,7 +130,7 @@ def test_a_foreign_summary_is_never_replaced(fake_backend, folder, tmp_path):
     out.mkdir()
     (out / OBJECTS_SUMMARY).write_text("the user's own table\n")
     with pytest.raises(MSRFError, match="objects_summary.csv: exists and is a file msrf did not"):
-        run_predict([folder], out=out, instances=True, overwrite=True)
+        predict([folder], objects=Objects(), outputs=Outputs(out=out, overwrite=True))
     assert not fake_backend  # refused before the model loads
     assert (out / OBJECTS_SUMMARY).read_text() == "the user's own table\n"
     assert not (out / "n1_labels.tif").exists()

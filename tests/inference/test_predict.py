@@ -4,6 +4,8 @@ overlays."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,8 +14,10 @@ from _model_helpers import make_weights, mixed_folder, write_image
 
 from msrfnet.cli import main
 from msrfnet.errors import MSRFError
-from msrfnet.inference.predict import SkippedInputs, gather_inputs, output_stems, run_predict
+from msrfnet.inference.predict import SkippedInputs, predict
+from msrfnet.inference.predict_files import gather_inputs, output_stems
 from msrfnet.inference.runners import predict_probabilities
+from msrfnet.option_groups import ModelSource, Outputs
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +38,18 @@ def read(path):
     return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
 
 
+def write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 def test_masks_at_original_size_named_by_stem(weights, folder, tmp_path):
     root, sizes = folder
-    written = run_predict([str(root)], weights=weights, out=tmp_path / "out", batch_size=3)
+    written = predict(
+        [str(root)],
+        model=ModelSource(weights=weights, batch_size=3),
+        outputs=Outputs(out=tmp_path / "out"),
+    )
     assert sorted(p.name for p in written) == sorted(f"{s}.png" for s in sizes)
     fg = 0
     for path in written:
@@ -51,13 +64,10 @@ def test_masks_at_original_size_named_by_stem(weights, folder, tmp_path):
 def test_tta_probabilities_overlay(weights, folder, tmp_path):
     root, sizes = folder
     out = tmp_path / "out"
-    run_predict(
+    predict(
         [str(root / "rgb_png.png"), str(root / "grey.png")],
-        weights=weights,
-        out=out,
-        tta=True,
-        probabilities=True,
-        overlay=True,
+        model=ModelSource(weights=weights, tta=True),
+        outputs=Outputs(out=out, overlay=True, probabilities=True),
     )
     for stem in ("rgb_png", "grey"):
         mask, prob, over = (
@@ -103,8 +113,10 @@ def test_duplicate_stems_are_disambiguated(weights, tmp_path, caplog, monkeypatc
     b = write_image(tmp_path / "in" / "a.jpg", np.full((24, 24, 3), 90, np.uint8))
     c = write_image(tmp_path / "other" / "a.png", np.full((16, 24, 3), 90, np.uint8))
     with caplog.at_level(logging.WARNING, logger="msrfnet"):
-        written = run_predict(
-            [str(tmp_path / "in"), str(c), str(a)], weights=weights, out=tmp_path / "out"
+        written = predict(
+            [str(tmp_path / "in"), str(c), str(a)],
+            model=ModelSource(weights=weights),
+            outputs=Outputs(out=tmp_path / "out"),
         )
     assert [p.name for p in written] == ["a.png", "a-2.png", "a-3.png"]  # a.jpg sorts before a.png
     assert read(written[2]).shape == (16, 24)
@@ -135,7 +147,11 @@ def test_corrupt_file_names_it(weights, tmp_path, capsys):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
     # in a folder, the bad file is skipped and the others written (test_predict_resilience.py)
     with pytest.raises(SkippedInputs, match="broken.png") as skipped:
-        run_predict([str(tmp_path / "in")], weights=weights, out=tmp_path / "out")
+        predict(
+            [str(tmp_path / "in")],
+            model=ModelSource(weights=weights),
+            outputs=Outputs(out=tmp_path / "out"),
+        )
     assert [p.name for p in skipped.value.written] == ["fine.png"]
     capsys.readouterr()
     code = main(["predict", str(bad), "--weights", str(weights), "--out", str(tmp_path / "out2")])
@@ -146,13 +162,29 @@ def test_corrupt_file_names_it(weights, tmp_path, capsys):
 def test_bad_options(weights, folder, tmp_path):
     root, _ = folder
     with pytest.raises(MSRFError, match="multiple of 8"):
-        run_predict([str(root)], weights=weights, out=tmp_path, image_size=30)
+        predict(
+            [str(root)],
+            model=ModelSource(weights=weights, image_size=30),
+            outputs=Outputs(out=tmp_path),
+        )
     with pytest.raises(MSRFError, match="threshold"):
-        run_predict([str(root)], weights=weights, out=tmp_path, threshold=1.5)
+        predict(
+            [str(root)],
+            model=ModelSource(weights=weights, threshold=1.5),
+            outputs=Outputs(out=tmp_path),
+        )
     with pytest.raises(MSRFError, match="not both"):
-        run_predict([str(root)], weights=weights, onnx=tmp_path / "m.onnx", out=tmp_path)
+        predict(
+            [str(root)],
+            model=ModelSource(weights=weights, onnx=tmp_path / "m.onnx"),
+            outputs=Outputs(out=tmp_path),
+        )
     with pytest.raises(MSRFError, match="nope.onnx: no such ONNX file"):
-        run_predict([str(root)], onnx=tmp_path / "nope.onnx", out=tmp_path)
+        predict(
+            [str(root)],
+            model=ModelSource(onnx=tmp_path / "nope.onnx"),
+            outputs=Outputs(out=tmp_path),
+        )
 
 
 def test_image_size_override_and_cli(weights, folder, tmp_path, capsys):
@@ -223,3 +255,115 @@ def test_cli_exact_flag_reaches_predict(weights, folder, tmp_path, capsys, monke
         == 0
     )
     assert "numerics: float32" in capsys.readouterr().out
+
+
+# --- the plan, without a model ------------------------------------------------------------------
+
+
+def _no_model(monkeypatch):
+    """Make loading any model fail: a plan must not need one."""
+    import msrfnet.inference.runners as runners
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the plan loaded a model")
+
+    monkeypatch.setattr(runners, "open_runner", refuse)
+    monkeypatch.setattr(runners, "load_torch_runner", refuse)
+
+
+def test_plan_names_kinds_and_refusals_without_a_model(tmp_path, monkeypatch):
+    import tifffile
+
+    from msrfnet.inference.predict import plan_predict
+    from msrfnet.option_groups import Objects, Tiling
+
+    _no_model(monkeypatch)
+    model = ModelSource(weights=str(write_bytes(tmp_path / "w.safetensors", b"not read")))
+    src = tmp_path / "in"
+    write_image(src / "a.png", np.zeros((20, 24, 3), np.uint8))
+    write_image(src / "a.jpg", np.zeros((20, 24, 3), np.uint8))
+    tifffile.imwrite(src / "big.tif", np.zeros((40, 48, 3), np.uint8), photometric="rgb")
+    tifffile.imwrite(src / "z.tif", np.zeros((3, 16, 16), np.uint8), photometric="minisblack")
+    out = Outputs(tmp_path / "out", probabilities=True)
+    plan = plan_predict([src], model=model, outputs=out)
+    assert plan.suffixes == ("", "_prob") and not plan.tiled and plan.strict is False
+    assert [(j.source.name, j.stem, j.names, j.kind) for j in plan.jobs] == [
+        ("a.jpg", "a", ("a.png", "a_prob.png"), "resized"),
+        ("a.png", "a-2", ("a-2.png", "a-2_prob.png"), "resized"),
+        ("big.tif", "big", ("big.png", "big_prob.png"), "resized"),
+        ("z.tif", "z", ("z.tif", "z_prob.tif"), "stack"),
+    ]
+    tiled = plan_predict([src], model=model, tiling=Tiling(tile=16), outputs=out)
+    assert tiled.tiled and [j.kind for j in tiled.jobs] == ["tiled", "tiled", "streamed", "stack"]
+    assert tiled.jobs[2].names == ("big.tif", "big_prob.tif")  # read and written band by band
+    with_objects = plan_predict(
+        [src], model=model, tiling=Tiling(16), objects=Objects(), outputs=out
+    )
+    assert with_objects.jobs[2].kind == "tiled"  # objects need the whole image
+    assert with_objects.jobs[0].names[2:] == ("a_labels.tif", "a_objects.csv")
+    assert tiled.settings != plan.settings and plan.settings["model"] is not None
+    with pytest.raises(MSRFError, match="lies inside the input folder"):
+        plan_predict([src], model=model, outputs=Outputs(src / "masks"))
+    with pytest.raises(MSRFError, match="would replace the input file"):
+        plan_predict([src / "z.tif"], model=model, outputs=Outputs(src))
+    assert plan_predict([src / "big.tif"], model=model, outputs=Outputs(src)).strict  # one input
+
+
+def test_plan_keeps_what_an_earlier_run_wrote_with_the_same_settings(tmp_path, monkeypatch):
+    from msrfnet.inference.predict import plan_predict
+    from msrfnet.safe_output import OutputFolder
+
+    _no_model(monkeypatch)
+    model = ModelSource(weights=str(write_bytes(tmp_path / "w.safetensors", b"not read")))
+    for name in ("a", "b"):
+        write_image(tmp_path / "in" / f"{name}.png", np.zeros((8, 8, 3), np.uint8))
+    first = plan_predict([tmp_path / "in"], model=model, outputs=Outputs(tmp_path / "out"))
+    earlier = OutputFolder(tmp_path / "out", "msrf predict", settings=first.settings)
+    earlier.write_bytes("a.png", b"a mask")  # as if an earlier run was stopped after a.png
+    resume = Outputs(tmp_path / "out", skip_existing=True)
+    plan = plan_predict([tmp_path / "in"], model=model, outputs=resume)
+    assert [j.done for j in plan.jobs] == [True, False] and [j.stem for j in plan.todo] == ["b"]
+    assert plan.strict  # one image left to predict: its own error
+    with pytest.raises(MSRFError, match="a.png: written by an earlier msrf run with other"):
+        plan_predict([tmp_path / "in"], model=replace(model, threshold=0.3), outputs=resume)
+    with pytest.raises(MSRFError, match="pass --overwrite to replace or --skip-existing"):
+        plan_predict([tmp_path / "in"], model=model, outputs=Outputs(tmp_path / "out"))
+
+
+def test_plan_refuses_a_size_this_machine_cannot_hold(tmp_path, monkeypatch, capsys):
+    from msrfnet import options
+    from msrfnet.inference.predict import plan_predict
+    from msrfnet.option_groups import Tiling
+
+    _no_model(monkeypatch)
+    monkeypatch.setattr(options, "available_ram", lambda: (2**30, "of RAM available"))
+    x = write_image(tmp_path / "in" / "x.png", np.zeros((8, 8, 3), np.uint8))
+    outputs = Outputs(tmp_path / "out")
+    plan_predict([x], model=ModelSource(image_size=512), outputs=outputs)  # 0.8 GiB: fits
+    write_image(tmp_path / "in" / "y.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(MSRFError, match="^--image-size 512: predicting 2 inputs of 512×512"):
+        plan_predict([tmp_path / "in"], model=ModelSource(image_size=512), outputs=outputs)
+    with pytest.raises(MSRFError, match="^--tile 2048: predicting one input"):
+        plan_predict([x], tiling=Tiling(tile=2048), outputs=outputs)
+    argv = ["predict", str(x), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--image-size", "100000"]) == 2  # before the model loads
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("msrf predict: error: --image-size 100000: predicting one input of")
+    assert err.endswith("more than the 1.0 GiB of RAM available; lower --image-size")
+
+
+def test_run_takes_any_segmenter(tmp_path):
+    from msrfnet.inference.predict import plan_predict, run_plan
+    from msrfnet.inference.segmenter import Segmenter
+
+    write_image(tmp_path / "in" / "a.png", np.full((20, 24, 3), 200, np.uint8))
+    write_image(tmp_path / "in" / "b.png", np.zeros((12, 16, 3), np.uint8))
+    model = ModelSource(weights=str(write_bytes(tmp_path / "w.safetensors", b"not read")))
+    plan = plan_predict([tmp_path / "in"], model=model, outputs=Outputs(tmp_path / "out"))
+    red = Segmenter(lambda images, canny: images[:, 0].astype(np.float32) / 255, image_size=16)
+    assert run_plan(plan, red) == [tmp_path / "out" / "a.png", tmp_path / "out" / "b.png"]
+    assert (read(tmp_path / "out" / "a.png") == 255).all()
+    assert read(tmp_path / "out" / "b.png").shape == (12, 16)
+    red.set_tiling(16)
+    with pytest.raises(ValueError, match="without tiling"):
+        run_plan(plan, red)  # the plan named its outputs for the resize protocol

@@ -196,3 +196,22 @@ def test_progress_bar_over_files_on_a_terminal(weights, tmp_path, capsys, monkey
     )
     err = capsys.readouterr().err
     assert "msrf predict" in err and "3/3" in err and "image" in err
+
+
+def test_a_link_that_loops_is_named_like_any_unreadable_input(weights, tmp_path, capsys):
+    """``a.png -> b -> a.png`` among the images: named, skipped, counted, exit 1; given alone,
+    its own one-line error, exit 2."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    _images(folder, 2)
+    (folder / "a.png").symlink_to("b")
+    (folder / "b").symlink_to("a.png")
+    why = f"{folder / 'a.png'}: cannot read the file (a symbolic link that loops)"
+    assert main(["predict", str(folder), "--weights", str(weights), "--out", str(out)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"skipped {why}"
+    assert lines[1].startswith("msrf predict: error: 1 of 3 image(s) could not be read")
+    assert str(folder / "a.png") in lines[1] and "2 mask(s) written" in lines[1]
+    assert _masks(out) == ["img0.png", "img1.png"]
+    alone = ["predict", str(folder / "a.png"), "--weights", str(weights), "--out", str(out)]
+    assert main([*alone, "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip() == f"msrf predict: error: {why}"

@@ -112,8 +112,8 @@ def test_predict_and_test_run_through_the_segmenter_on_the_device_asked(tmp_path
     opened = []
     real_open = segmenter_mod.Segmenter.open.__func__
 
-    def spy(cls, *args, **kwargs):
-        opened.append(kwargs.get("device"))
+    def spy(cls, *args, **kwargs):  # the device alone, or in model=ModelSource(...)
+        opened.append(kwargs.get("device") or getattr(kwargs.get("model"), "device", None))
         return real_open(cls, *args, **kwargs)
 
     monkeypatch.setattr(segmenter_mod.Segmenter, "open", classmethod(spy))
@@ -134,3 +134,65 @@ def test_predict_and_test_run_through_the_segmenter_on_the_device_asked(tmp_path
         assert main([*argv[:-1], str(tmp_path / "q"), "--device", "cuda:1"]) == 2
         assert not (tmp_path / "q").exists() or not any((tmp_path / "q").glob("*.png"))
     assert main([*argv[:-1], str(tmp_path / "r"), "--device", "tpu"]) == 2
+
+
+def _red(images, canny):
+    """A stand-in runner: the red channel / 255."""
+    return images[:, 0].astype(np.float32) / 255
+
+
+def test_a_folder_is_not_an_image(tmp_path):
+    seg = Segmenter(_red, image_size=16)
+    with pytest.raises(MSRFError) as refused:
+        seg(tmp_path)
+    assert str(refused.value).startswith(f"{tmp_path}: is a folder, not an image; pass an image")
+    assert "msrf predict" in str(refused.value) and "file not found" not in str(refused.value)
+    with pytest.raises(MSRFError, match="missing.png: file not found"):  # a missing file still
+        seg(tmp_path / "missing.png")
+
+
+def test_options_as_groups_or_keywords_by_the_same_rules():
+    from msrfnet.option_groups import Objects, Tiling
+
+    image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    by_words = Segmenter(_red, image_size=16, tile=16, overlap=0.5, min_size=3)
+    by_group = Segmenter(_red, image_size=16, tiling=Tiling(16, 0.5), objects=Objects(3))
+    assert by_words.tiling == by_group.tiling == {"tile": 16, "overlap": 0.5, "scale": None}
+    assert (by_words.min_size, by_group.min_size) == (3, 3)
+    assert np.array_equal(by_words(image).probability, by_group(image).probability)
+    with pytest.raises(MSRFError, match="^tile: give them in tiling= or on their own"):
+        Segmenter(_red, image_size=16, tiling=Tiling(16), tile=16)
+    with pytest.raises(MSRFError, match="^min_size -1: must be 0 or more"):
+        Segmenter(_red, image_size=16, min_size=-1)
+    with pytest.raises(TypeError, match="tiles"):
+        Segmenter(_red, image_size=16, tiles=16)
+    with pytest.raises(MSRFError, match="^batch_size 0: must be a positive whole number"):
+        by_words(image, batch_size=0)
+    seg = Segmenter(_red, image_size=16)
+    seg.set_tiling(Tiling(scale=0.5))
+    assert seg.tiling == {"tile": 16, "overlap": 0.25, "scale": 0.5}
+    from msrfnet.option_groups import ModelSource
+
+    with pytest.raises(MSRFError, match=r"^pass model=ModelSource\(...\) or the model's parts"):
+        Segmenter.open("w.safetensors", model=ModelSource())
+
+
+def test_a_size_this_machine_cannot_hold_is_refused_before_anything_runs(monkeypatch):
+    import msrfnet.inference.runners as runners
+    from msrfnet import options
+
+    monkeypatch.setattr(options, "available_ram", lambda: (2**30, "of RAM available"))
+    with pytest.raises(MSRFError, match=r"^image_size 4096: predicting one input of 4096×4096"):
+        Segmenter(_red, image_size=4096)
+    seg = Segmenter(_red, image_size=16)
+    with pytest.raises(MSRFError, match=r"^tile 2048: .* more than the 1.0 GiB of RAM available"):
+        seg.set_tiling(2048)
+    assert not seg.tiled  # a refused tiling leaves the Segmenter as it was
+    called = []
+    monkeypatch.setattr(runners, "open_runner", lambda *a, **k: called.append(a))
+    for size in ({"image_size": 100_000}, {"tile": 4096}):
+        with pytest.raises(MSRFError, match="at once needs about"):
+            Segmenter.open(**size)
+    assert not called  # refused before the model loads
+    with pytest.raises(MSRFError, match="^image_size 512: predicting 8 inputs"):
+        Segmenter(_red, image_size=512)([np.zeros((8, 8), np.uint8)] * 8)  # 0.8 GiB each

@@ -14,7 +14,7 @@ from _model_helpers import make_weights, use_runner
 from msrfnet.data import read_image, sample_root
 from msrfnet.data.resample import rescale, rescale_rows, scaled_size
 from msrfnet.errors import MSRFError
-from msrfnet.inference.predict import run_predict
+from msrfnet.inference.predict import predict
 from msrfnet.inference.segmenter import Segmenter
 from msrfnet.inference.tiff_rows import TiffRows, open_tiff_rows, predict_tiff
 from msrfnet.inference.tiling import (
@@ -24,6 +24,7 @@ from msrfnet.inference.tiling import (
     predict_tiled,
     tile_starts,
 )
+from msrfnet.option_groups import Outputs, Tiling
 
 
 def constant(value: float = 1.0):
@@ -263,8 +264,10 @@ def test_predict_large_tiff_through_the_memory_map(tmp_path, monkeypatch, caplog
         assert rows.memory_mapped
     out = tmp_path / "out"
     with said() as lines:
-        written = run_predict(
-            [inputs / "large.tif"], out=out, tile=64, overlay=True, probabilities=True
+        written = predict(
+            [inputs / "large.tif"],
+            tiling=Tiling(tile=64),
+            outputs=Outputs(out=out, overlay=True, probabilities=True),
         )
     assert written == [out / "large.tif"] and "tiles of 64², overlap 0.25" in lines[-1]
     # the shipped weights were trained on resized images: the scale is the user's to check
@@ -284,6 +287,6 @@ def test_predict_large_tiff_through_the_memory_map(tmp_path, monkeypatch, caplog
     np.testing.assert_array_equal(seg(inputs / "large.tif").mask, mask == 255)
     # a second run refuses to replace the outputs, as every msrf predict output
     with pytest.raises(MSRFError, match="exists"):
-        run_predict([inputs / "large.tif"], out=out, tile=64)
+        predict([inputs / "large.tif"], tiling=Tiling(tile=64), outputs=Outputs(out=out))
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert names == ["large.tif", "large_overlay.png", "large_prob.tif"]

@@ -13,6 +13,7 @@ from msrfnet.cli.flags import (
     add_model_flags,
     add_tiling_flags,
 )
+from msrfnet.option_groups import ModelSource, Objects, Outputs, Tiling
 
 __all__ = [
     "add_test",
@@ -21,66 +22,76 @@ __all__ = [
     "cmd_test",
     "cmd_predict",
     "cmd_evaluate",
+    "model_source",
+    "tiling",
+    "objects",
+    "outputs",
 ]
 
 
-def cmd_test(args: argparse.Namespace) -> int:
-    from msrfnet.inference.test import run_test
-
-    run_test(
-        data=args.data,
+def model_source(args: argparse.Namespace) -> ModelSource:
+    """The model flags (add_model_flags, add_device_flags, --batch-size, --tta) as a group."""
+    return ModelSource(
         weights=args.weights,
-        image_size=args.image_size,
-        out=args.out,
-        batch_size=args.batch_size,
-        threshold=args.threshold,
-        exact=args.exact,
         onnx=args.onnx,
         pt2=args.pt2,
-        overwrite=args.overwrite,
-        instances=args.instances,
-        instances_gt=args.instances_gt,
-        min_size=args.min_size,
-        seed_distance=args.seed_distance,
-        mask_suffix=args.mask_suffix,
-        tile=args.tile,
-        overlap=args.overlap,
-        scale=args.scale,
         device=args.device,
+        exact=args.exact,
+        image_size=args.image_size,
+        threshold=args.threshold,
+        tta=getattr(args, "tta", False),
+        batch_size=args.batch_size,
+    )
+
+
+def tiling(args: argparse.Namespace) -> Tiling:
+    """--tile, --overlap, --scale as a group."""
+    return Tiling(tile=args.tile, overlap=args.overlap, scale=args.scale)
+
+
+def objects(args: argparse.Namespace) -> Objects | None:
+    """--min-size, --seed-distance as a group with --instances, else None."""
+    return Objects(args.min_size, args.seed_distance) if args.instances else None
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from msrfnet.inference.test import test
+
+    test(
+        args.data,
+        model=model_source(args),
+        tiling=tiling(args),
+        objects=objects(args),
+        instances_gt=args.instances_gt,
+        out=args.out,
+        overwrite=args.overwrite,
+        mask_suffix=args.mask_suffix,
     )
     return 0
 
 
+def outputs(args: argparse.Namespace) -> Outputs:
+    """msrf predict's --out, --overlay, --probabilities, --overwrite, --skip-existing, --strict,
+    --recursive as a group."""
+    return Outputs(
+        out=args.out,
+        overlay=args.overlay,
+        probabilities=args.probabilities,
+        overwrite=args.overwrite,
+        skip_existing=args.skip_existing,
+        strict=args.strict,
+        recursive=args.recursive,
+    )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit 1 when unreadable inputs were skipped but others written, 2 when nothing was."""
-    from msrfnet.inference.predict import SkippedInputs, run_predict
+    from msrfnet.inference.predict import SkippedInputs, open_segmenter, plan_predict, run_plan
 
+    groups = dict(model=model_source(args), tiling=tiling(args), objects=objects(args))
+    plan = plan_predict(args.inputs, **groups, outputs=outputs(args))
     try:
-        run_predict(
-            args.inputs,
-            weights=args.weights,
-            onnx=args.onnx,
-            out=args.out,
-            overlay=args.overlay,
-            probabilities=args.probabilities,
-            tta=args.tta,
-            threshold=args.threshold,
-            batch_size=args.batch_size,
-            image_size=args.image_size,
-            exact=args.exact,
-            pt2=args.pt2,
-            overwrite=args.overwrite,
-            skip_existing=args.skip_existing,
-            strict=args.strict,
-            instances=args.instances,
-            min_size=args.min_size,
-            seed_distance=args.seed_distance,
-            recursive=args.recursive,
-            tile=args.tile,
-            overlap=args.overlap,
-            scale=args.scale,
-            device=args.device,
-        )
+        run_plan(plan, open_segmenter(plan))
     except SkippedInputs as e:
         if not e.written:
             raise
@@ -90,16 +101,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from msrfnet.inference.evaluate import run_evaluate
+    from msrfnet.inference.evaluate import evaluate
 
-    run_evaluate(
+    evaluate(
         args.pred,
         args.gt,
         out=args.out,
         images=args.images,
-        instances=args.instances,
-        min_size=args.min_size,
-        seed_distance=args.seed_distance,
+        objects=objects(args),
         threshold=args.threshold,
         mask_suffix=args.mask_suffix,
         mask_threshold=args.mask_threshold,

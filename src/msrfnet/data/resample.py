@@ -16,34 +16,14 @@ Pillow (:func:`msrfnet.data.preprocess.resize_image`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
 
-from msrfnet.errors import MSRFError
-
-__all__ = ["scaled_size", "rescale", "rescale_rows", "check_scale"]
+__all__ = ["scaled_size", "rescale", "rescale_rows"]
 
 LANCZOS_SUPPORT = 3.0
-MAX_SCALE = 16.0
-
-
-def check_scale(scale: float | None) -> float | None:
-    """``None`` (native) or a finite factor in (0, 16]; 1 is returned as ``None``."""
-    if scale is None:
-        return None
-    try:
-        s = float(scale)
-    except (TypeError, ValueError):
-        raise MSRFError(f"scale {scale!r}: must be a number (a resampling factor)") from None
-    if not math.isfinite(s) or s <= 0 or s > MAX_SCALE:
-        raise MSRFError(
-            f"scale {scale}: must be a resampling factor above 0 and at most {MAX_SCALE:g} "
-            "(0.5 halves the image's sides, 2 doubles them)"
-        )
-    return None if s == 1.0 else s
 
 
 def scaled_size(height: int, width: int, scale: float | None) -> tuple[int, int]:

@@ -7,10 +7,10 @@ Euclidean distance transform of the mask peaks near each object's centre, those 
 objects. :func:`object_table` measures each object (scikit-image ``regionprops``) for a CSV or JSON.
 
 Defaults suit nuclei at the native resolution of the 2018 Data Science Bowl images (median nucleus
-about 340 px, radius ~10 px; 5 % are under 40 px): see :data:`MIN_SIZE` and
-:data:`SEED_DISTANCE`. For larger objects (cells, polyps, lesions) raise both, roughly
-``seed_distance`` ≈ half the smallest object radius you want kept apart, ``min_size`` ≈ the area
-of the smallest object you care about.
+about 340 px, radius ~10 px; 5 % are under 40 px): ``MIN_SIZE`` and ``SEED_DISTANCE``, defined
+with their rules in :class:`msrfnet.option_groups.Objects`. For larger objects (cells, polyps,
+lesions) raise both, roughly ``seed_distance`` ≈ half the smallest object radius you want kept
+apart, ``min_size`` ≈ the area of the smallest object you care about.
 """
 
 from __future__ import annotations
@@ -20,28 +20,18 @@ from typing import Any
 import numpy as np
 
 from msrfnet.errors import MSRFError
+from msrfnet.option_groups import MIN_SIZE, SEED_DISTANCE, Objects
 from msrfnet.options import check_threshold
 
 __all__ = [
-    "MIN_SIZE",
-    "SEED_DISTANCE",
     "SURFACES",
     "split_instances",
     "object_table",
-    "check_instance_options",
     "find_objects",
     "labels_tiff",
     "objects_csv",
 ]
 
-#: Objects with fewer pixels than this are dropped (about the smallest 1–2 % of DSB nuclei; most
-#: blobs this small in a prediction are noise or watershed slivers).
-MIN_SIZE = 15
-#: Minimum distance in pixels between two seeds: two nuclei whose centres are closer than this
-#: stay one object. Tuned on the kdsb validation split (67 images, 2,646 nuclei): splitting the
-#: ground-truth union masks with 3/4/5/6/8 gives F1 at IoU 0.5 of 0.938/0.943/0.945/0.944/0.943
-#: (min_size 15), against 0.892 for plain connected components (touching nuclei merged).
-SEED_DISTANCE = 5
 #: What the watershed floods: the negated distance transform (shape: splits at necks) or the
 #: negated probability (the network's own valleys between objects).
 SURFACES = ("distance", "probability")
@@ -76,15 +66,6 @@ def _check_map(probability: Any, name: str) -> np.ndarray:
     return arr
 
 
-def check_instance_options(min_size: int, seed_distance: int) -> tuple[int, int]:
-    """(min_size, seed_distance) as ints, or a one-line error naming the bad one."""
-    if int(min_size) < 0:
-        raise MSRFError(f"min_size {min_size}: must be 0 or more")
-    if int(seed_distance) < 1:
-        raise MSRFError(f"seed_distance {seed_distance}: must be at least 1")
-    return int(min_size), int(seed_distance)
-
-
 def split_instances(
     probability: Any,
     threshold: float = 0.5,
@@ -112,7 +93,7 @@ def split_instances(
 
     prob = _check_map(probability, "probability")
     check_threshold(threshold)
-    check_instance_options(min_size, seed_distance)
+    Objects(min_size, seed_distance)  # their rules: min_size ≥ 0, seed_distance ≥ 1
     if surface not in SURFACES:
         raise MSRFError(f"surface {surface!r}: choose one of {', '.join(SURFACES)}")
     mask = prob >= threshold

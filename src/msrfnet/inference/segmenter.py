@@ -26,21 +26,30 @@ import numpy as np
 from msrfnet.config import NORMALIZATIONS
 from msrfnet.data.io import check_finite, read_image, rgb_uint8
 from msrfnet.data.preprocess import model_inputs
+from msrfnet.data.resample import scaled_size
 from msrfnet.errors import MSRFError
 from msrfnet.inference import runners
-from msrfnet.inference.instances import (
-    MIN_SIZE,
-    SEED_DISTANCE,
-    check_instance_options,
-    find_objects,
-)
+from msrfnet.inference.instances import find_objects
 from msrfnet.inference.runners import predict_probabilities, resolve_device, to_original_size
-from msrfnet.inference.tiling import check_tiling, predict_tiled
-from msrfnet.options import check_image_size, check_threshold
+from msrfnet.inference.tiling import predict_tiled, tile_starts
+from msrfnet.option_groups import DEFAULT_OVERLAP, ModelSource, Objects, Tiling
+from msrfnet.options import (
+    check,
+    check_image_size,
+    check_inference_memory,
+    check_threshold,
+    positive_int,
+)
 
-__all__ = ["Segmenter", "Segmentation", "as_rgb", "resolve_device"]
+__all__ = ["Segmenter", "Segmentation", "UnreadableInput", "as_rgb", "resolve_device"]
 
 log = logging.getLogger("msrfnet")
+
+
+class UnreadableInput(MSRFError):
+    """An input image (a file, a plane of a stack) that cannot be read: corrupt, truncated, NaN
+    pixels, unreadable, a symbolic link that loops. ``msrf predict`` names it and skips it
+    unless ``--strict`` (or it is the only input); the one type for that rule."""
 
 
 @dataclass
@@ -61,6 +70,11 @@ def as_rgb(image: Any, name: str = "image", normalize: str = "minmax") -> np.nda
     pixels by ``normalize`` (:func:`msrfnet.data.io.to_uint8`, the checkpoint's rule)."""
 
     if isinstance(image, (str, Path)):
+        if Path(image).is_dir():
+            raise MSRFError(
+                f"{image}: is a folder, not an image; pass an image file, or a list of them "
+                "(e.g. sorted(Path(folder).glob('*.png'))), or use msrf predict for a folder"
+            )
         return read_image(image, normalize=normalize)
     if hasattr(image, "mode") and hasattr(image, "convert"):  # a PIL image
         image = np.asarray(
@@ -102,14 +116,17 @@ class Segmenter:
         threshold: float = 0.5,
         tta: bool = False,
         description: str = "",
-        instances: bool = False,
-        min_size: int | None = None,
-        seed_distance: int | None = None,
-        tile: int | None = None,
-        overlap: float = 0.25,
-        scale: float | None = None,
         normalize: str = "minmax",
+        instances: bool = False,
+        tiling: Tiling | None = None,
+        objects: Objects | None = None,
+        **options: Any,
     ):
+        """``tiling`` (:class:`~msrfnet.option_groups.Tiling`) and ``objects``
+        (:class:`~msrfnet.option_groups.Objects`) may also be given field by field: ``tile``,
+        ``overlap``, ``scale`` and ``min_size``, ``seed_distance`` (``None``: the default), by
+        the same rules. An ``image_size`` (the tile's, when tiling) this machine cannot hold is
+        refused before anything runs (:func:`~msrfnet.options.check_inference_memory`)."""
 
         self.runner = runner
         self.image_size = check_image_size(image_size)
@@ -120,12 +137,14 @@ class Segmenter:
         if normalize not in NORMALIZATIONS:
             raise MSRFError(f"normalize {normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
         self.normalize = normalize  # 16-bit/float pixels to uint8, as in training
-        self.set_tiling(tile, overlap, scale)
+        self.set_tiling(_group(Tiling, tiling, "tiling", options))
+        objects = _group(Objects, objects, "objects", options)
+        if options:
+            raise TypeError(
+                f"Segmenter() got an unexpected keyword argument {next(iter(options))!r}"
+            )
         self.instances = instances
-        self.min_size, self.seed_distance = check_instance_options(
-            MIN_SIZE if min_size is None else min_size,
-            SEED_DISTANCE if seed_distance is None else seed_distance,
-        )
+        self.min_size, self.seed_distance = objects.min_size, objects.seed_distance
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -139,17 +158,32 @@ class Segmenter:
         exact: bool = False,
         image_size: int | None = None,
         prefer_runs: bool = False,
+        model: ModelSource | None = None,
         **kwargs,
     ) -> "Segmenter":
         """The model the command line names: PyTorch ``weights`` (None: the shipped ones, or
         the newest run with ``prefer_runs``; a run folder, ``.safetensors``, ``.ckpt`` or a
         Hub-layout folder) on ``device``, or an exported ``onnx`` / ``pt2`` model
-        (:func:`~msrfnet.inference.runners.open_runner`). Image size, Canny thresholds,
-        threshold and normalisation come from the checkpoint or the export's metadata unless
-        given. Weights trained at native scale (``msrf train --patch-size P [--scale S]``)
-        predict tiled, with P × P tiles at the scale S they were trained at, unless ``tile`` /
-        ``scale`` say otherwise; weights trained on resized images that are asked to tile log a
-        note to choose ``scale``. The model file is ``.weights``, its config ``.config``."""
+        (:func:`~msrfnet.inference.runners.open_runner`); or all of these, with ``threshold``
+        and ``tta``, as one ``model`` (:class:`~msrfnet.option_groups.ModelSource`). Image size,
+        Canny thresholds, threshold and normalisation come from the checkpoint or the export's
+        metadata unless given. Weights trained at native scale (``msrf train --patch-size P
+        [--scale S]``) predict tiled, with P × P tiles at the scale S they were trained at,
+        unless ``tile`` / ``scale`` (or ``tiling``) say otherwise; weights trained on resized
+        images that are asked to tile log a note to choose ``scale``. A given ``image_size`` (or
+        ``tile``) this machine cannot hold is refused before the model loads. The model file is
+        ``.weights``, its config ``.config``."""
+        if model is not None:
+            if any(x is not None for x in (weights, onnx, pt2, image_size)):
+                raise MSRFError("pass model=ModelSource(...) or the model's parts, not both")
+            weights, onnx, pt2, image_size = model.weights, model.onnx, model.pt2, model.image_size
+            device, exact = model.device, model.exact
+            kwargs = {"threshold": model.threshold, "tta": model.tta, **kwargs}
+        tiling = _group(Tiling, kwargs.pop("tiling", None), "tiling", kwargs)  # checked here
+        kwargs.update(tiling.as_dict())
+        if kwargs["tile"] is not None or image_size is not None:
+            size, what = (kwargs["tile"], "tile") if kwargs["tile"] else (image_size, "image_size")
+            check_inference_memory(size, 1, what)  # before the model loads
         runner, path, cfg = runners.open_runner(
             weights,
             onnx=onnx,
@@ -159,17 +193,7 @@ class Segmenter:
             device=device,
             prefer_runs=prefer_runs,
         )
-        if onnx is None and pt2 is None and getattr(cfg, "patch_size", None):
-            if kwargs.get("tile") is None:  # trained on crops at native scale: tiles
-                kwargs["tile"] = image_size or cfg.patch_size
-            if kwargs.get("scale") is None:
-                kwargs["scale"] = getattr(cfg, "scale", None)
-        elif onnx is None and pt2 is None and (kwargs.get("tile") or kwargs.get("scale")):
-            log.info(
-                f"note: these weights were trained on whole images resized to "
-                f"{cfg.image_size}², not at native scale: choose --scale so that objects look "
-                "as large as in training (docs/LARGE_IMAGES.md, Scale)"
-            )
+        _native_scale_tiling(kwargs, cfg, image_size, exported=onnx is not None or pt2 is not None)
         if kwargs.get("threshold") is None:
             kwargs["threshold"] = getattr(cfg, "threshold", 0.5)
         seg = cls(
@@ -209,19 +233,36 @@ class Segmenter:
 
     # --- tiling -------------------------------------------------------------------------------
     def set_tiling(
-        self, tile: int | None = None, overlap: float = 0.25, scale: float | None = None
+        self,
+        tile: int | Tiling | None = None,
+        overlap: float = DEFAULT_OVERLAP,
+        scale: float | None = None,
     ) -> None:
         """Predict tiled (:mod:`msrfnet.inference.tiling`) with ``tile`` × ``tile`` windows
         overlapping by ``overlap`` of their side, after resampling each image by ``scale``
         (the probabilities come back at the image's size); ``tile`` None with a ``scale`` tiles
         at ``image_size``; both None: the resize protocol (the whole image resized to
-        ``image_size``, the paper's)."""
+        ``image_size``, the paper's). A :class:`~msrfnet.option_groups.Tiling` may stand for
+        the three. Checked first (rules, the model's fixed input size, memory): a refused
+        tiling leaves the Segmenter as it was."""
 
-        options = check_tiling(tile, overlap, scale, tile_name="tile")
-        self.tile, self.overlap, self.scale = options["tile"], options["overlap"], options["scale"]
+        group = tile if isinstance(tile, Tiling) else Tiling(tile, overlap, scale)
+        size = (group.tile or self.image_size) if group.asked else self.image_size
         fixed = getattr(self.runner, "size", None)  # an int8 package takes one input size
-        if self.tiled and fixed is not None and self.tile_size != fixed:
-            raise MSRFError(f"tile {self.tile_size}: this model takes {fixed}×{fixed} inputs only")
+        if group.asked and fixed is not None and size != fixed:
+            raise MSRFError(f"tile {size}: this model takes {fixed}×{fixed} inputs only")
+        self._check_memory(size, 1, "tile" if group.tile else "image_size")
+        self.tile, self.overlap, self.scale = group.tile, group.overlap, group.scale
+
+    def check_memory(self, batch: int = 1) -> float:
+        """Refuse ``batch`` model inputs at once (the model's input size, or the window's when
+        tiled) that this machine cannot hold (:func:`~msrfnet.options.check_inference_memory`,
+        on the runner's device); returns the estimate in GiB."""
+        size = self.tile_size if self.tiled else self.image_size
+        return self._check_memory(size, batch, "tile" if self.tile else "image_size")
+
+    def _check_memory(self, size: int, batch: int, what: str) -> float:
+        return check_inference_memory(size, batch, what, getattr(self.runner, "device", None))
 
     @property
     def tiled(self) -> bool:
@@ -252,7 +293,9 @@ class Segmenter:
         return self.window_predictor(tta)(images, canny)
 
     def _tiled_probability(self, rgb: np.ndarray, tta: bool, batch_size: int) -> np.ndarray:
-
+        """One image's tiled probabilities; at most ``batch_size`` windows of a row per call."""
+        width = max(scaled_size(*rgb.shape[:2], self.scale)[1], self.tile_size)
+        self.check_memory(min(batch_size, len(tile_starts(width, self.tile_size, self.overlap))))
         return predict_tiled(
             rgb, self.window_predictor(tta), canny=self.canny, batch_size=batch_size, **self.tiling
         )
@@ -263,11 +306,14 @@ class Segmenter:
     ) -> list[np.ndarray]:
         """Probability maps (H×W float32, each at its image's size) of RGB uint8 images, one
         runner call for all of them (the caller chooses the batch); tiled (see
-        :meth:`set_tiling`), one image at a time, ``batch_size`` tiles per runner call."""
+        :meth:`set_tiling`), one image at a time, ``batch_size`` tiles per runner call. Inputs
+        this machine cannot hold are refused before the call (:meth:`check_memory`)."""
 
+        batch_size = check(positive_int, batch_size, f"batch_size {batch_size}")
         if self.tiled:
             tta = self.tta if tta is None else tta
             return [self._tiled_probability(rgb, tta, batch_size) for rgb in rgbs]
+        self.check_memory(max(1, len(rgbs)))
         images, canny = model_inputs(rgbs, self.image_size, *self.canny)
         probs = predict_probabilities(
             self.runner, images, canny, tta=self.tta if tta is None else tta
@@ -286,8 +332,7 @@ class Segmenter:
         """A :class:`Segmentation` for one image, a list of them for a list or tuple."""
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        if batch_size < 1:
-            raise MSRFError(f"batch_size {batch_size}: must be at least 1")
+        batch_size = check(positive_int, batch_size, f"batch_size {batch_size}")
         t = self.threshold if threshold is None else check_threshold(threshold)
         results: list[Segmentation] = []
         for start in range(0, len(items), batch_size):
@@ -323,4 +368,35 @@ class Segmenter:
         return (
             f"Segmenter({self.description}, image_size={self.image_size}, canny={self.canny}"
             f"{tiling})"
+        )
+
+
+def _group(kind: type, group: Any, name: str, options: dict[str, Any]) -> Any:
+    """The ``kind`` option group (:class:`Tiling`, :class:`Objects`): ``group`` itself, or one
+    made of its fields taken out of ``options`` (``None`` values: the defaults)."""
+    fields = [f for f in kind.__dataclass_fields__ if f in options]
+    given = {f: options.pop(f) for f in fields}
+    if group is None:
+        return kind(**{f: v for f, v in given.items() if v is not None})
+    if given:
+        raise MSRFError(f"{', '.join(given)}: give them in {name}= or on their own, not both")
+    if not isinstance(group, kind):
+        raise MSRFError(f"{name}: expected a {kind.__name__}, got {type(group).__name__}")
+    return group
+
+
+def _native_scale_tiling(kwargs: dict[str, Any], cfg, image_size, *, exported: bool) -> None:
+    """Weights trained on crops at native scale tile by themselves (at their patch size and
+    scale, unless ``tile`` / ``scale`` are given in ``kwargs``); weights trained on resized
+    images asked to tile log a note about the scale."""
+    if not exported and getattr(cfg, "patch_size", None):
+        if kwargs.get("tile") is None:
+            kwargs["tile"] = image_size or cfg.patch_size
+        if kwargs.get("scale") is None:
+            kwargs["scale"] = getattr(cfg, "scale", None)
+    elif not exported and (kwargs.get("tile") or kwargs.get("scale")):
+        log.info(
+            f"note: these weights were trained on whole images resized to "
+            f"{cfg.image_size}², not at native scale: choose --scale so that objects look "
+            "as large as in training (docs/LARGE_IMAGES.md, Scale)"
         )

@@ -30,25 +30,18 @@ import numpy as np
 
 from msrfnet.errors import MSRFError, first_line
 from msrfnet.inference.instances import find_objects, objects_csv
-from msrfnet.inference.segmenter import as_rgb
+from msrfnet.inference.segmenter import UnreadableInput, as_rgb
 from msrfnet.overlay import draw_overlay
 from msrfnet.safe_output import io_error
 
 __all__ = [
     "TIFF_EXTENSIONS",
-    "UnreadableStack",
     "Stack",
     "tiff_planes",
-    "stack_stem",
     "predict_stack",
 ]
 
 TIFF_EXTENSIONS = (".tif", ".tiff")
-
-
-class UnreadableStack(MSRFError):
-    """A stack (or one of its planes) that cannot be read: named, then skipped like any
-    unreadable input (unless ``--strict``)."""
 
 
 _NOT_PLANES = "YXS"
@@ -69,11 +62,6 @@ def tiff_planes(path: Path) -> int:
         return 1
 
 
-def stack_stem(stem: str) -> str:
-    """The output stem of a stack: ``x.ome`` (from ``x.ome.tif``) becomes ``x``."""
-    return stem[: -len(".ome")] if stem.lower().endswith(".ome") and len(stem) > 4 else stem
-
-
 class Stack:
     """An open TIFF stack: ``len(stack)`` planes, ``stack[i]`` the raw plane (H×W or H×W×S)."""
 
@@ -85,7 +73,7 @@ class Stack:
             self.tif = tifffile.TiffFile(self.path)
             series = self.tif.series[0]
         except Exception as e:  # noqa: BLE001
-            raise UnreadableStack(f"{path}: not a readable TIFF stack ({first_line(e)})") from e
+            raise UnreadableInput(f"{path}: not a readable TIFF stack ({first_line(e)})") from e
         self.series = series
         self.lead = [(a, n) for a, n in zip(series.axes, series.shape) if a not in _NOT_PLANES]
         self.planes = math.prod(n for _, n in self.lead)
@@ -113,7 +101,7 @@ class Stack:
                 self._whole = whole.reshape(self.planes, *inner)
             return self._whole[i]
         except Exception as e:  # noqa: BLE001 - tifffile and its codecs raise many types
-            raise UnreadableStack(f"{self.path}: plane {i} unreadable ({first_line(e)})") from e
+            raise UnreadableInput(f"{self.path}: plane {i} unreadable ({first_line(e)})") from e
 
     def close(self) -> None:
         self.tif.close()
@@ -160,12 +148,13 @@ def predict_stack(
     normalize: str,
     batch_size: int,
     objects: dict[str, int] | None,
-) -> None:
+) -> Path:
     """Predict every plane of the stack at ``path`` and write ``names`` (suffix → output name:
     the mask ``""``, ``"_prob"``, ``"_overlay"``, ``"_labels"``, ``"_objects"``) through
-    ``target``; ``probabilities(rgbs)`` gives each plane's H×W probability map.
+    ``target``; ``probabilities(rgbs)`` gives each plane's H×W probability map. Returns the
+    mask's path.
 
-    Raises :class:`UnreadableStack` naming the file (and plane) when a plane cannot be read,
+    Raises :class:`UnreadableInput` naming the file (and plane) when a plane cannot be read,
     :class:`MSRFError` for an output that cannot be written."""
 
     writers: dict[str, _PageWriter] = {}
@@ -185,10 +174,10 @@ def predict_stack(
                 index = range(start, min(len(stack), start + batch_size))
                 try:
                     rgbs = [as_rgb(stack[i], f"{path} plane {i}", normalize) for i in index]
-                except UnreadableStack:
+                except UnreadableInput:
                     raise
                 except MSRFError as e:  # a plane of an unusable shape or with NaN pixels
-                    raise UnreadableStack(str(e)) from None
+                    raise UnreadableInput(str(e)) from None
                 for i, rgb, prob in zip(index, rgbs, probabilities(rgbs)):
                     mask = prob >= threshold
                     pages = {
@@ -209,6 +198,7 @@ def predict_stack(
             target.write_file(writer.name, lambda dest, tmp=writer.tmp: os.replace(tmp, dest))
         if "_objects" in names:
             target.write_text(names["_objects"], "\n".join(rows) + "\n")
+        return target.root / names[""]
     except OSError as e:
         raise io_error(target.root, e) from e
     finally:

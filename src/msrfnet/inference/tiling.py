@@ -28,20 +28,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import numpy as np
 
 from msrfnet.data.preprocess import canny_map
-from msrfnet.data.resample import check_scale, rescale_rows, scaled_size
-from msrfnet.errors import MSRFError
-from msrfnet.options import check_image_size
+from msrfnet.data.resample import rescale_rows, scaled_size
+from msrfnet.option_groups import DEFAULT_OVERLAP, Tiling
 
 __all__ = [
-    "DEFAULT_OVERLAP",
     "SIGMA_SCALE",
-    "check_overlap",
-    "check_tiling",
     "tile_starts",
     "gaussian_weight",
     "ArrayRows",
@@ -49,7 +44,6 @@ __all__ = [
     "predict_tiled",
 ]
 
-DEFAULT_OVERLAP = 0.25
 #: σ of the blending weight as a share of the window's side (MONAI's default).
 SIGMA_SCALE = 0.125
 #: Longest side of the downscaled overlay written for a streamed TIFF.
@@ -57,31 +51,6 @@ PREVIEW_SIDE = 2048
 
 Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Band = tuple[int, int, np.ndarray]
-
-
-def check_overlap(overlap: float) -> float:
-    """A share of the window's side in [0, 0.9]."""
-    try:
-        value = float(overlap)
-    except (TypeError, ValueError):
-        raise MSRFError(f"overlap {overlap!r}: must be a number in [0, 0.9]") from None
-    if not math.isfinite(value) or not 0.0 <= value <= 0.9:
-        raise MSRFError(
-            f"overlap {overlap}: must lie in [0, 0.9] (the share of a tile's side that "
-            "neighbouring tiles share; 0.25 is the usual choice)"
-        )
-    return value
-
-
-def check_tiling(
-    tile: int | None, overlap: float, scale: float | None, tile_name: str = "--tile"
-) -> dict[str, Any]:
-    """The checked tiling options {tile, overlap, scale} (``tile`` a multiple of 8 or None,
-    ``overlap`` in [0, 0.9], ``scale`` positive or None); ``tile_name`` names ``tile`` in the
-    error (the option or the argument)."""
-    if tile is not None:
-        tile = check_image_size(tile, tile_name)
-    return {"tile": tile, "overlap": check_overlap(overlap), "scale": check_scale(scale)}
 
 
 def tile_starts(length: int, tile: int, overlap: float = DEFAULT_OVERLAP) -> list[int]:
@@ -245,8 +214,10 @@ def iter_probability_rows(
     batch_size: int = 8,
 ) -> Iterator[Band]:
     """The tiled probability map of ``source`` (a row source: ``height``, ``width``,
-    ``rows(start, stop)`` → RGB uint8), at the source's own size, band by band in order."""
-    scale = check_scale(scale)
+    ``rows(start, stop)`` → RGB uint8), at the source's own size, band by band in order; the
+    options follow :class:`~msrfnet.option_groups.Tiling`'s rules (a scale of 1 is native)."""
+    checked = Tiling(tile, overlap, scale)
+    tile, overlap, scale = checked.tile, checked.overlap, checked.scale
     scaled = ScaledRows(source, scale) if scale is not None else source
     hs, ws = scaled.height, scaled.width
     padded = PaddedRows(scaled, tile, tile) if hs < tile or ws < tile else scaled
