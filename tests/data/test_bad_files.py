@@ -22,6 +22,7 @@ from _data_helpers import blob_pair, make_dataset, save
 from PIL import Image
 
 from msrfnet.cli import main
+from msrfnet.data.cache import cache_folder
 
 
 def _encoded(fmt: str) -> bytes:
@@ -150,7 +151,7 @@ def test_train_stops_at_the_data_check(bad_dataset, tmp_path, capsys) -> None:
     assert str(root) in lines[-1] and f"{len(bad)} problem(s)" in lines[-1]
     # nothing started: no run directory, no cache of pre-processed arrays
     assert not (out_dir / "bad").exists()
-    assert not (root / ".msrf_cache").exists()
+    assert not (root / ".msrf_cache").exists() and not cache_folder(root).exists()
 
 
 @pytest.fixture(scope="module")
