@@ -161,10 +161,11 @@ def test_package_computes_the_quantized_graph(package, quantized):
 
 def test_test_and_predict_run_the_package(package, tmp_path):
     from msrfnet.cli import main
-    from msrfnet.inference.test import run_test
+    from msrfnet.inference.test import test
+    from msrfnet.option_groups import ModelSource
 
     path, _ = package
-    result = run_test(data=sample_root(), pt2=path, out=tmp_path / "test")
+    result = test(sample_root(), model=ModelSource(pt2=str(path)), out=tmp_path / "test")
     assert "int8" in result["numerics"] and 0 <= result["dsc"] <= 1
     images = sample_root() / "test" / "images"
     assert main(["predict", str(images), "--pt2", str(path), "--out", str(tmp_path / "pred")]) == 0

@@ -14,7 +14,8 @@ from PIL import Image
 
 from msrfnet.cli import main
 from msrfnet.errors import MSRFError
-from msrfnet.inference.evaluate import run_evaluate
+from msrfnet.inference.evaluate import evaluate, plan_evaluate, score
+from msrfnet.option_groups import ModelSource, Objects, Outputs
 
 
 def save(path, array):
@@ -57,7 +58,7 @@ def test_label_folders_give_object_and_pixel_metrics(tmp_path):
     save(tmp_path / "gt" / "b.png", gt)
     save(tmp_path / "pred" / "a.png", gt)
     save(tmp_path / "pred" / "b.tif", pred)  # any format: paired by stem
-    result = run_evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "out")
+    result = evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "out")
     assert result["object_metrics"] is True and result["n_images"] == 2
     # a: everything right; b: TP 2, FP 1, FN 1 at every threshold -> 1/2; F1 = 4/6
     assert result["dsb_map"] == pytest.approx((1 + 0.5) / 2)
@@ -84,7 +85,7 @@ def test_a_predict_output_folder_as_pred(tmp_path):
     (out / "cell_objects.csv").write_text("label,area\n")
     (out / "objects_summary.csv").write_text("stem,count\ncell,2\n")
     with said() as lines:
-        result = run_evaluate(out, tmp_path / "gt", out=tmp_path / "o")
+        result = evaluate(out, tmp_path / "gt", out=tmp_path / "o")
     assert result["object_metrics"] and result["dsb_map"] == 1.0 and result["dsc"] == 1.0
     assert not any("left out" in line for line in lines)  # overlays and CSVs are not predictions
     assert "DSB 2018 score" in "\n".join(lines)
@@ -95,22 +96,21 @@ def test_instances_split_binary_predictions(tmp_path):
     save(tmp_path / "gt" / "c.png", gt)
     save(tmp_path / "pred" / "c.png", np.where(gt > 0, 255, 0).astype(np.uint8))
     with said() as lines:
-        plain = run_evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o1")
+        plain = evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o1")
     assert plain["object_metrics"] is False and "dsb_map" not in plain
     assert any("pass --instances" in line for line in lines)
     assert "dsb_ap" not in read_csv(tmp_path / "o1" / "metrics.csv")[0]
-    split = run_evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o2", instances=True)
+    split = evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o2", objects=Objects())
     # the watershed separates the two discs; their boundary may differ from the truth's by a
     # column, which leaves both IoUs well above 0.5
     assert split["object_metrics"] and split["f1_iou50"] == 1.0 and split["count_error"] == 0
     assert split["split_predictions"] == 1 and split["seed_distance"] == 5
     assert 0.5 < split["dsb_map"] <= 1.0
-    merged = run_evaluate(
+    merged = evaluate(
         tmp_path / "pred",
         tmp_path / "gt",
         out=tmp_path / "o3",
-        instances=True,
-        seed_distance=20,  # the two centres are 9 px apart: one object
+        objects=Objects(seed_distance=20),  # the two centres are 9 px apart: one object
     )
     # the blob holds all of disc 2 (which overwrote the lens both discs share) and the rest of
     # disc 1: IoU > 0.5 with disc 2 only -> TP 1, FN 1, F1 2/3
@@ -125,12 +125,12 @@ def test_probability_maps_are_thresholded(tmp_path):
     prob[2:8, 2:5] = 0.4  # below 0.5, above 0.3
     save(tmp_path / "gt" / "p.png", gt)
     save(tmp_path / "pred" / "p.tif", prob)
-    half = run_evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o1")
+    half = evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o1")
     assert half["dsc"] == pytest.approx(2 * 18 / (18 + 36))
-    low = run_evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o2", threshold=0.3)
+    low = evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o2", threshold=0.3)
     assert low["dsc"] == 1.0
     save(tmp_path / "pred16" / "p_prob.png", np.rint(prob * 65535).astype(np.uint16))
-    sixteen = run_evaluate(tmp_path / "pred16", tmp_path / "gt", out=tmp_path / "o3")
+    sixteen = evaluate(tmp_path / "pred16", tmp_path / "gt", out=tmp_path / "o3")
     assert sixteen["dsc"] == pytest.approx(half["dsc"])
 
 
@@ -142,8 +142,8 @@ def test_mask_suffix_files_and_overlays(tmp_path):
         save(tmp_path / "pred" / f"{stem}.png", np.roll(gt, shift, axis=1))
         save(tmp_path / "img" / f"{stem}.jpg", np.full((20, 24, 3), 90, np.uint8))
     with pytest.raises(MSRFError, match="no prediction with stem 'ISIC_1_segmentation'"):
-        run_evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o")
-    result = run_evaluate(
+        evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o")
+    result = evaluate(
         tmp_path / "pred",
         tmp_path / "gt",
         out=tmp_path / "o",
@@ -157,7 +157,7 @@ def test_mask_suffix_files_and_overlays(tmp_path):
         "worst_02_ISIC_1.png",
     ]
     # two files pair whatever their names
-    one = run_evaluate(
+    one = evaluate(
         tmp_path / "pred" / "ISIC_2.png",
         tmp_path / "gt" / "ISIC_2_segmentation.png",
         out=tmp_path / "o1",
@@ -171,18 +171,18 @@ def test_refusals(tmp_path):
     save(tmp_path / "gt" / "b.png", gt)
     save(tmp_path / "pred" / "a.png", gt)
     with pytest.raises(MSRFError, match="b.png: no prediction with stem 'b'"):
-        run_evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o")
+        evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o")
     save(tmp_path / "pred" / "b.png", gt[:, :10])
     with pytest.raises(MSRFError, match="b.png: 10×16 pixels, its truth .* 20×16"):
-        run_evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o")
+        evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o")
     masks = tmp_path / "masks"
     save(masks / "a.png", np.where(gt > 0, 255, 0).astype(np.uint8))
     with pytest.raises(MSRFError, match="--instances: GT .* holds no label image"):
-        run_evaluate(tmp_path / "pred", masks, out=tmp_path / "o", instances=True)
+        evaluate(tmp_path / "pred", masks, out=tmp_path / "o", objects=Objects())
     with pytest.raises(MSRFError, match="lies inside the input folder"):
-        run_evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "gt" / "o")
+        evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "gt" / "o")
     with pytest.raises(MSRFError, match="give two folders or two files"):
-        run_evaluate(tmp_path / "pred" / "a.png", tmp_path / "gt", out=tmp_path / "o")
+        evaluate(tmp_path / "pred" / "a.png", tmp_path / "gt", out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
 
@@ -229,21 +229,25 @@ def instance_data(tmp_path_factory):
 
 
 def test_msrf_test_instances_agrees_with_predict_and_evaluate(instance_data, tmp_path, capsys):
-    from msrfnet.inference.predict import run_predict
-    from msrfnet.inference.test import run_test
+    from msrfnet.inference.predict import predict
+    from msrfnet.inference.test import test
 
     root, labels, weights, n_objects = instance_data
-    common = dict(weights=weights, threshold=0.5)
-    tested = run_test(
-        data=root, out=tmp_path / "t", instances=True, instances_gt=labels, exact=True, **common
+    model = ModelSource(weights=str(weights), threshold=0.5, exact=True)
+    tested = test(
+        root,
+        model=model,
+        objects=Objects(),
+        instances_gt=labels,
+        out=tmp_path / "t",
     )
     assert tested["n_gt_objects"] == n_objects and 0 <= tested["dsb_map"] <= 1
     row = read_csv(tmp_path / "t" / "metrics.csv")[0]
     assert {"orig_dsc", "dsb_ap", "f1_iou50", "count_error"} <= set(row)
-    run_predict(
-        [root / "test" / "images"], out=tmp_path / "p", instances=True, exact=True, **common
+    predict(
+        [root / "test" / "images"], model=model, objects=Objects(), outputs=Outputs(tmp_path / "p")
     )
-    scored = run_evaluate(tmp_path / "p", labels, out=tmp_path / "e")
+    scored = evaluate(tmp_path / "p", labels, out=tmp_path / "e")
     # the same probabilities, split the same way: the same figures
     assert scored["object_metrics"]
     for key in ("dsb_map", "f1_iou50", "count_error", "n_pred_objects", "n_gt_objects"):
@@ -257,23 +261,36 @@ def test_msrf_test_instances_agrees_with_predict_and_evaluate(instance_data, tmp
 
 
 def test_msrf_test_instances_refusals(instance_data, tmp_path):
-    from msrfnet.inference.test import run_test
+    from msrfnet.inference.test import test
 
     root, labels, weights, _ = instance_data
+    model = ModelSource(weights=str(weights))
     with pytest.raises(MSRFError, match="--instances: pass --instances-gt DIR"):
-        run_test(data=root, weights=weights, out=tmp_path / "o", instances=True)
+        test(root, model=model, out=tmp_path / "o", objects=Objects())
     with pytest.raises(MSRFError, match="--instances-gt: pass --instances too"):
-        run_test(data=root, weights=weights, out=tmp_path / "o", instances_gt=labels)
+        test(root, model=model, out=tmp_path / "o", instances_gt=labels)
     partial = tmp_path / "partial"
     partial.mkdir()
     first = sorted(labels.iterdir())[0]
     (partial / first.name).write_bytes(first.read_bytes())
     with pytest.raises(MSRFError, match=r"no label image with stem 's001' \(and 1 more\)"):
-        run_test(
-            data=root,
-            weights=weights,
-            out=tmp_path / "o",
-            instances=True,
-            instances_gt=partial,
-        )
+        test(root, model=model, out=tmp_path / "o", objects=Objects(), instances_gt=partial)
     assert not (tmp_path / "o").exists()
+
+
+def test_plan_then_score(tmp_path):
+    gt = touching()
+    save(tmp_path / "gt" / "c.png", gt)
+    save(tmp_path / "pred" / "c.png", np.where(gt > 0, 255, 0).astype(np.uint8))
+    save(tmp_path / "pred" / "c_overlay.png", np.zeros((24, 32, 3), np.uint8))
+    plan = plan_evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o", objects=Objects())
+    assert [it.stem for it in plan.items] == ["c"] and plan.items[0].mask.name == "c.png"
+    assert plan.gt_labels and plan.objects == Objects() and not plan.overlays
+    assert plan.out == tmp_path / "o" and not plan.out.exists()  # planning writes nothing
+    result = score(plan)
+    assert result["split_predictions"] == 1 and result["min_size"] == 15
+    assert (tmp_path / "o" / "metrics.json").is_file()
+    with pytest.raises(MSRFError, match="threshold 2"):
+        plan_evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "o2", threshold=2)
+    with pytest.raises(MSRFError, match="--out .*: is the input folder .*pred"):
+        plan_evaluate(tmp_path / "pred", tmp_path / "gt", out=tmp_path / "pred")

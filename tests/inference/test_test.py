@@ -8,14 +8,26 @@ import math
 import os
 
 import pytest
+from _data_helpers import make_dataset
 from _logs import said
 from _model_helpers import make_weights
 
 import msrfnet.weights.resolve as wr
 from msrfnet.cli import main
+from msrfnet.data import sample_root
 from msrfnet.errors import MSRFError
-from msrfnet.inference.test import PAPER_METRICS, format_table, ranked, run_test
+from msrfnet.inference.report import PAPER_METRICS, format_table, ranked
+from msrfnet.inference.test import (
+    SplitPlan,
+    default_out,
+    instance_truth_folder,
+    open_segmenter,
+    plan_test,
+    run_split,
+    test,
+)
 from msrfnet.metrics import summarize
+from msrfnet.option_groups import ModelSource, Objects, Tiling
 from msrfnet.safe_output import OutputFolder
 from msrfnet.weights.resolve import resolve_weights
 
@@ -87,7 +99,7 @@ def test_resolve_defaults(tmp_path, monkeypatch):
     assert old != new
 
 
-# --- run_test -----------------------------------------------------------------------------------
+# --- test: plan and run -------------------------------------------------------------------------
 
 
 def _finite(x):
@@ -97,7 +109,7 @@ def _finite(x):
 def test_run_test_outputs(weights, tmp_path):
     out = tmp_path / "out"
     with said() as lines:
-        result = run_test(weights=str(weights), out=str(out), batch_size=2)
+        result = test(model=ModelSource(weights=str(weights), batch_size=2), out=str(out))
     saved = json.loads((out / "metrics.json").read_text())
     summary_keys = set(summarize([]))
     assert summary_keys <= set(saved)
@@ -150,9 +162,11 @@ def test_image_size_override_and_rerun_replaces_overlays(weights, tmp_path):
     OutputFolder(out, "msrf test").write_bytes("overlays/best_09_stale.png", b"x")
     (out / "overlays" / "notes.txt").write_text("mine")
     with pytest.raises(MSRFError, match="best_09_stale.png: exists .* pass --overwrite"):
-        run_test(weights=str(weights), out=str(out), image_size=40)
-    result = run_test(
-        weights=str(weights), out=str(out), image_size=40, threshold=0.4, overwrite=True
+        test(model=ModelSource(weights=str(weights), image_size=40), out=str(out))
+    result = test(
+        model=ModelSource(weights=str(weights), image_size=40, threshold=0.4),
+        out=str(out),
+        overwrite=True,
     )
     assert result["image_size"] == 40 and result["threshold"] == 0.4
     assert not (out / "overlays" / "best_09_stale.png").exists()
@@ -186,11 +200,16 @@ def test_cli_bad_weights_one_line(tmp_path, capsys):
 
 def test_bad_options(weights, tmp_path):
     with pytest.raises(MSRFError, match="multiple of 8"):
-        run_test(weights=str(weights), image_size=36, out=str(tmp_path))
+        test(model=ModelSource(weights=str(weights), image_size=36), out=str(tmp_path))
     with pytest.raises(MSRFError, match="threshold"):
-        run_test(weights=str(weights), threshold=-0.1, out=str(tmp_path))
+        test(model=ModelSource(weights=str(weights), threshold=-0.1), out=str(tmp_path))
     with pytest.raises(MSRFError, match="nowhere: dataset folder not found"):
-        run_test(data=str(tmp_path / "nowhere"), weights=str(weights), out=str(tmp_path))
+        test(str(tmp_path / "nowhere"), model=ModelSource(weights=str(weights)), out=str(tmp_path))
+    with pytest.raises(MSRFError, match="batch_size 0: "):
+        ModelSource(weights=str(weights), batch_size=0)
+    with pytest.raises(MSRFError, match="^tta: msrf test scores the model as it is"):
+        test(model=ModelSource(weights=str(weights), tta=True), out=str(tmp_path))
+    assert not list(tmp_path.iterdir())
 
 
 def test_ranked_and_table():
@@ -204,3 +223,81 @@ def test_ranked_and_table():
     assert [label for _, label, _ in PAPER_METRICS] == ["DSC", "mIoU", "recall", "precision"]
     assert lines[2].split()[0] == "DSC" and lines[2].split()[-2:] == ["0.5000", "n/a"]
     assert "32x32" in lines[0] and "original" in lines[0]
+
+
+# --- the plan, without a model ------------------------------------------------------------------
+
+
+def test_plan_reads_the_split_and_checks_the_out_folder(tmp_path):
+    root = make_dataset(tmp_path / "d", {"train": 1, "val": 1, "test": 3})
+    run = root / "runs" / "msrf-x"  # msrf train --data . puts its run folder here
+    plan = plan_test(root, run / "test", mask_suffix="", batch_size=2)
+    assert isinstance(plan, SplitPlan) and plan.out == run / "test" and plan.split == "test"
+    assert [p.stem for p in plan.pairs] == ["s000", "s001", "s002"]
+    assert plan.inputs == (root / "test" / "images", root / "test" / "masks")
+    assert plan.tiling is None and plan.objects is None and plan.labels == {}
+    assert not (run / "test").exists()  # planning writes nothing
+    plan_test(root, root, tiling={"tile": 32, "overlap": 0.25, "scale": None})  # beside the splits
+    for out, where in (
+        (root / "test" / "images", "is the input folder"),
+        (root / "test" / "masks" / "m", "lies inside the input folder"),
+    ):
+        with pytest.raises(MSRFError) as e:
+            plan_test(root, out)
+        assert str(e.value) == (
+            f"--out {out}: {where} {out if where.startswith('is') else out.parent}; msrf never "
+            "writes among its inputs, choose a folder outside it"
+        )
+    with pytest.raises(MSRFError, match=r"d/train: no test/ folder"):
+        plan_test(tmp_path / "d" / "train", tmp_path / "o")
+
+
+def test_plan_with_objects_pairs_the_label_images(tmp_path):
+    root = make_dataset(tmp_path / "d", {"test": 2})
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for name in ("s000.png", "s001.tif", "notes.txt"):
+        (labels / name).write_bytes(b"x")
+    plan = plan_test(root, tmp_path / "o", objects=Objects(min_size=3), instances_gt=labels)
+    assert plan.objects.min_size == 3 and plan.instances_gt == labels
+    assert plan.labels == {"s000": labels / "s000.png", "s001": labels / "s001.tif"}
+    assert plan.inputs[-1] == labels
+    with pytest.raises(MSRFError, match="--out .*: is the input folder .*labels"):
+        plan_test(root, labels, objects=Objects(), instances_gt=labels)
+    (labels / "s001.tif").unlink()
+    with pytest.raises(MSRFError, match=r"no label image with stem 's001'$"):
+        plan_test(root, tmp_path / "o", objects=Objects(), instances_gt=labels)
+    with pytest.raises(MSRFError, match="--instances-gt .*nowhere: no such folder"):
+        instance_truth_folder(Objects(), tmp_path / "nowhere")
+    assert instance_truth_folder(None, None) is None
+    assert not (tmp_path / "o").exists()
+
+
+def test_default_out_and_a_tiling_other_than_the_plans(weights, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("image_size: 32\n")
+    assert default_out(run / "best.safetensors") == run / "test"
+    assert str(default_out(tmp_path / "w.safetensors")) == "msrf-test"
+    seg = open_segmenter(ModelSource(weights=str(weights)), Tiling(tile=32))
+    assert seg.tiling == {"tile": 32, "overlap": 0.25, "scale": None}
+    plan = plan_test(sample_root(), tmp_path / "o")
+    with pytest.raises(ValueError, match="plan for tiling None"):
+        run_split(plan, seg)
+
+
+def test_entry_point_is_not_collected_by_pytest():
+    assert test.__test__ is False
+
+
+def test_a_model_size_this_machine_cannot_hold_is_refused_first(weights, tmp_path, monkeypatch):
+    import msrfnet.options as options
+
+    out = tmp_path / "out"
+    # one 32² input fits (the Segmenter's own check when it loads), four at once do not
+    monkeypatch.setattr(options, "available_ram", lambda: (8 << 20, "of RAM available"))
+    with pytest.raises(MSRFError) as e:
+        test(model=ModelSource(weights=str(weights), batch_size=4), out=out)
+    assert str(e.value).startswith("--image-size 32: predicting 4 inputs of 32×32 at once needs")
+    assert str(e.value).endswith("of RAM available; lower --image-size or the batch size")
+    assert not out.exists()

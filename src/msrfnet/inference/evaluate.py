@@ -18,14 +18,18 @@ pixels.
 **Object metrics** (:mod:`msrfnet.object_metrics`: the 2018 DSB mean AP over IoU 0.50:0.95,
 F1 at IoU 0.5, count error) when the truths are label images (some file holds more than one
 object: :func:`msrfnet.data.io.is_label_image`; then every truth is read as labels) and either
-every prediction has labels (``<stem>_labels``, or a label image itself) or ``instances`` is set:
-then a prediction without labels is split into objects (:func:`split_instances` on its
-probabilities, else on its mask, with ``min_size`` and ``seed_distance``).
+every prediction has labels (``<stem>_labels``, or a label image itself) or ``objects`` is given
+(``--instances``): then a prediction without labels is split into objects (:func:`split_instances`
+on its probabilities, else on its mask, with the :class:`~msrfnet.option_groups.Objects`'
+``min_size`` and ``seed_distance``).
 
 Outputs in ``out`` (:class:`~msrfnet.safe_output.OutputFolder`, as ``msrf test``):
 ``metrics.json`` (the summaries, the object keys next to the pixel keys, and what was compared),
 ``metrics.csv`` (one row per image) and, with ``images`` (a folder of the images, paired by stem),
 ``overlays/best_NN_<stem>.png`` / ``worst_NN_<stem>.png`` by DSC.
+
+Plan, then score: :func:`plan_evaluate` pairs the files and checks the report folder
+(:class:`EvaluationPlan`), :func:`score` reads, scores and writes; :func:`evaluate` does both.
 """
 
 from __future__ import annotations
@@ -49,25 +53,18 @@ from msrfnet.data.io import (
     read_raw,
 )
 from msrfnet.errors import MSRFError
-from msrfnet.inference.instances import (
-    MIN_SIZE,
-    SEED_DISTANCE,
-    check_instance_options,
-    split_instances,
-)
+from msrfnet.inference.instances import split_instances
 from msrfnet.inference.report import (
-    OBJECT_METRICS,
-    OTHER_METRICS,
-    PAPER_METRICS,
-    format_value,
+    format_summary,
     report_folder,
     write_outputs,
     write_overlays,
 )
 from msrfnet.metrics import per_image_table, summarize
 from msrfnet.object_metrics import OBJECT_KEYS, object_scores, summarize_objects
+from msrfnet.option_groups import Objects
 from msrfnet.options import check_threshold
-from msrfnet.safe_output import refuse_inside_inputs
+from msrfnet.safe_output import OutputFolder, refuse_collisions
 
 __all__ = [
     "DEFAULT_OUT",
@@ -77,8 +74,10 @@ __all__ = [
     "to_probability",
     "read_prediction",
     "truths_are_labels",
-    "run_evaluate",
-    "format_summary",
+    "EvaluationPlan",
+    "plan_evaluate",
+    "score",
+    "evaluate",
 ]
 
 log = logging.getLogger("msrfnet")
@@ -211,122 +210,174 @@ def truths_are_labels(items: list[Item]) -> bool:
     return any(is_label_image(read_raw(it.truth, keep_indices=True)) for it in items)
 
 
-# --- the command --------------------------------------------------------------------------------
+# --- the plan -----------------------------------------------------------------------------------
 
 
-def run_evaluate(
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What one ``msrf evaluate`` reads, computes and writes, decided before any scoring."""
+
+    pred: Path
+    gt: Path
+    items: list[Item]  #: one per truth, sorted by stem
+    target: OutputFolder  #: the report folder, checked: what it holds may be replaced
+    gt_labels: bool  #: the truths are label images: object metrics where predictions have labels
+    objects: Objects | None = None  #: split predictions without labels into objects so
+    threshold: float = 0.5  #: probabilities to masks
+    mask_threshold: float | None = None  #: masks read as binary (``read_mask``)
+    overlays: bool = False  #: the items have their images: best/worst panels
+
+    @property
+    def out(self) -> Path:
+        return self.target.root
+
+
+def plan_evaluate(
     pred: str | Path,
     gt: str | Path,
     *,
     out: str | Path = DEFAULT_OUT,
     images: str | Path | None = None,
-    instances: bool = False,
-    min_size: int | None = None,
-    seed_distance: int | None = None,
+    objects: Objects | None = None,
     threshold: float = 0.5,
     mask_suffix: str = "",
     mask_threshold: float | None = None,
     overwrite: bool = False,
-) -> dict[str, Any]:
-    """Score ``pred`` against ``gt`` (see the module docstring); returns the ``metrics.json``
-    object (NaN kept as float NaN); the summary is logged (INFO).
-
-    Raises:
-        MSRFError: a pairing problem, an unreadable file or a size mismatch (named), ``instances``
-            with truths that are not label images, an output folder among the inputs or holding
-            files that may not be replaced.
-    """
-
-    check_threshold(threshold)
-    min_size, seed_distance = check_instance_options(
-        MIN_SIZE if min_size is None else min_size,
-        SEED_DISTANCE if seed_distance is None else seed_distance,
-    )
+) -> EvaluationPlan:
+    """The pairs (:func:`pair_predictions`; the predictions left out are logged), the checked
+    report folder (never among the input folders) and what is scored (see the module
+    docstring); ``objects`` splits the predictions without labels (``--instances``)."""
+    threshold = check_threshold(threshold)
     items, extra = pair_predictions(pred, gt, mask_suffix=mask_suffix, images=images)
     if extra:
         more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
         log.info(f"left out: {len(extra)} prediction(s) without a truth ({extra[0]}{more})")
-    out = Path(out)
     # never among the input folders (two files: OutputFolder alone keeps them safe)
     folders = [Path(p) for p in (pred, gt, images) if p is not None and Path(p).is_dir()]
-    refuse_inside_inputs(out, folders)
-    target = report_folder(out, "msrf evaluate", overwrite)
+    refuse_collisions(out, input_folders=folders)
+    target = report_folder(Path(out), "msrf evaluate", overwrite)
     gt_labels = truths_are_labels(items)
-    if instances and not gt_labels:
+    if objects is not None and not gt_labels:
         raise MSRFError(
             f"--instances: GT {gt} holds no label image (one channel of integers, one value per "
             "object, more than one object in some file); object metrics need instance truths"
         )
+    return EvaluationPlan(
+        Path(pred),
+        Path(gt),
+        items,
+        target,
+        gt_labels,
+        objects,
+        threshold,
+        mask_threshold,
+        overlays=images is not None,
+    )
 
-    def truth_of(it: Item) -> tuple[np.ndarray, np.ndarray | None]:
-        if gt_labels:
-            lab = read_labels(it.truth)
-            return lab > 0, lab
-        return read_mask(it.truth, mask_threshold=mask_threshold), None
 
-    rows: list[dict[str, Any]] = []
-    objects = gt_labels
-    split = 0
-    for it in items:
-        truth, truth_labels = truth_of(it)
-        p = read_prediction(it, threshold, mask_threshold)
-        if p.foreground.shape != truth.shape:
-            raise MSRFError(
-                f"{it.prediction}: {p.foreground.shape[1]}×{p.foreground.shape[0]} pixels, its "
-                f"truth {it.truth} {truth.shape[1]}×{truth.shape[0]}; compare at the same size"
-            )
-        row = {"stem": it.stem, "prediction": it.prediction.name, "truth": it.truth.name}
-        row.update(height=truth.shape[0], width=truth.shape[1])
-        row.update(per_image_table(p.foreground[None], truth[None])[0])
-        labels = p.labels
-        if labels is None and instances:
-            source = p.probability if p.probability is not None else p.foreground
-            labels = split_instances(
-                source, threshold, min_size=min_size, seed_distance=seed_distance
-            )
-            split += 1
-        if labels is not None and truth_labels is not None:
-            if labels.shape != truth.shape:
-                raise MSRFError(f"{it.labels}: size differs from its truth {it.truth}")
-            row.update(object_scores(labels, truth_labels))
-        else:
-            objects = False
+# --- the run ------------------------------------------------------------------------------------
+
+
+def _truth(plan: EvaluationPlan, item: Item) -> tuple[np.ndarray, np.ndarray | None]:
+    """An item's truth: (foreground, labels when the truths are label images)."""
+    if plan.gt_labels:
+        lab = read_labels(item.truth)
+        return lab > 0, lab
+    return read_mask(item.truth, mask_threshold=plan.mask_threshold), None
+
+
+def _row(plan: EvaluationPlan, item: Item) -> tuple[dict[str, Any], bool]:
+    """One item's CSV row (pixel metrics, and object metrics where both sides have labels) and
+    whether its prediction was split into objects."""
+    truth, truth_labels = _truth(plan, item)
+    p = read_prediction(item, plan.threshold, plan.mask_threshold)
+    if p.foreground.shape != truth.shape:
+        raise MSRFError(
+            f"{item.prediction}: {p.foreground.shape[1]}×{p.foreground.shape[0]} pixels, its "
+            f"truth {item.truth} {truth.shape[1]}×{truth.shape[0]}; compare at the same size"
+        )
+    row = {"stem": item.stem, "prediction": item.prediction.name, "truth": item.truth.name}
+    row.update(height=truth.shape[0], width=truth.shape[1])
+    row.update(per_image_table(p.foreground[None], truth[None])[0])
+    labels, split = p.labels, False
+    if labels is None and plan.objects is not None:
+        source = p.probability if p.probability is not None else p.foreground
+        sizes = plan.objects
+        labels = split_instances(
+            source, plan.threshold, min_size=sizes.min_size, seed_distance=sizes.seed_distance
+        )
+        split = True
+    if labels is not None and truth_labels is not None:
+        if labels.shape != truth.shape:
+            raise MSRFError(f"{item.labels}: size differs from its truth {item.truth}")
+        row.update(object_scores(labels, truth_labels))
+    return row, split
+
+
+def score(plan: EvaluationPlan) -> dict[str, Any]:
+    """Score the plan's pairs and write the report; returns the ``metrics.json`` object (NaN
+    kept as float NaN); the summary is logged (INFO)."""
+    rows, split = [], 0
+    for item in plan.items:
+        row, was_split = _row(plan, item)
         rows.append(row)
-
+        split += was_split
+    # object metrics only when every image has them: a partial object table would mislead
+    objects = plan.gt_labels and all(OBJECT_KEYS[0] in row for row in rows)
     result: dict[str, Any] = dict(summarize(rows))
     if objects:
         result.update(summarize_objects(rows))
     else:
-        for row in rows:  # a partial object table would mislead: all or nothing
+        for row in rows:
             for key in OBJECT_KEYS:
                 row.pop(key, None)
     result.update(
         protocol="each image's own size (no resizing)",
-        threshold=threshold,
-        pred=str(pred),
-        gt=str(gt),
+        threshold=plan.threshold,
+        pred=str(plan.pred),
+        gt=str(plan.gt),
         object_metrics=objects,
     )
     if split:
-        result.update(split_predictions=split, min_size=min_size, seed_distance=seed_distance)
+        sizes = plan.objects
+        result.update(
+            split_predictions=split, min_size=sizes.min_size, seed_distance=sizes.seed_distance
+        )
 
-    write_outputs(target, result, rows)
-    if images is not None:
+    write_outputs(plan.target, result, rows)
+    if plan.overlays:
+        items = plan.items
         write_overlays(
-            target,
+            plan.target,
             _Lazy(lambda i: _picture(items[i], rows[i])),
-            _Lazy(lambda i: truth_of(items[i])[0]),
-            _Lazy(lambda i: read_prediction(items[i], threshold, mask_threshold).foreground),
+            _Lazy(lambda i: _truth(plan, items[i])[0]),
+            _Lazy(
+                lambda i: read_prediction(items[i], plan.threshold, plan.mask_threshold).foreground
+            ),
             rows,
         )
     log.info(format_summary(result))
-    if gt_labels and not objects:
+    if plan.gt_labels and not objects:
         log.info(
             "GT holds label images: pass --instances to split the predicted masks into objects"
         )
-    made = "metrics.json, metrics.csv" + (", overlays/" if images is not None else "")
-    log.info(f"results: {out}/ ({made})")
+    made = "metrics.json, metrics.csv" + (", overlays/" if plan.overlays else "")
+    log.info(f"results: {plan.out}/ ({made})")
     return result
+
+
+def evaluate(pred: str | Path, gt: str | Path, **options: Any) -> dict[str, Any]:
+    """``msrf evaluate`` from Python: score ``pred`` against ``gt`` (see the module docstring),
+    planned with ``options`` (:func:`plan_evaluate`: ``out``, ``images``, ``objects`` to split
+    predictions without labels into objects, ``threshold``, ``mask_suffix``, ``mask_threshold``,
+    ``overwrite``) then scored (:func:`score`). Returns the ``metrics.json`` object.
+
+    Raises:
+        MSRFError: a pairing problem, an unreadable file or a size mismatch (named), ``objects``
+            with truths that are not label images, an output folder among the inputs or holding
+            files that may not be replaced.
+    """
+    return score(plan_evaluate(pred, gt, **options))
 
 
 class _Lazy:
@@ -345,19 +396,3 @@ def _picture(item: Item, row: dict[str, Any]) -> np.ndarray:
     if rgb.shape[:2] != (row["height"], row["width"]):
         raise MSRFError(f"{item.image}: size differs from its truth {item.truth}")
     return rgb
-
-
-def format_summary(result: dict[str, Any]) -> str:
-    """The pixel metrics (one column: each image's own size) and, when computed, the objects."""
-
-    head = f"{'metric':<16} {'protocol':<52} {'value':>8}"
-    lines = [head, "-" * len(head)]
-    groups = [PAPER_METRICS, OTHER_METRICS] + (
-        [OBJECT_METRICS] if result.get("object_metrics") else []
-    )
-    for group in groups:
-        for key, label, protocol in group:
-            lines.append(f"{label:<16} {protocol:<52} {format_value(result.get(key)):>8}")
-        lines.append("")
-    lines.append(f"{result.get('n_images', 0)} images, at their own size")
-    return "\n".join(lines)

@@ -26,6 +26,7 @@ __all__ = [
     "ranked",
     "write_overlays",
     "format_table",
+    "format_summary",
     "format_value",
 ]
 
@@ -182,4 +183,21 @@ def format_table(result: Mapping[str, Any]) -> str:
         f"{result.get('n_images', 0)} images; the paper reports the first four at the model "
         f"resolution (256x256 in the paper; {size}x{size} here)"
     )
+    return "\n".join(lines)
+
+
+def format_summary(result: Mapping[str, Any]) -> str:
+    """``msrf evaluate``'s table: the pixel metrics (one column: each image's own size) and, when
+    computed, the objects."""
+
+    head = f"{'metric':<16} {'protocol':<52} {'value':>8}"
+    lines = [head, "-" * len(head)]
+    groups = [PAPER_METRICS, OTHER_METRICS] + (
+        [OBJECT_METRICS] if result.get("object_metrics") else []
+    )
+    for group in groups:
+        for key, label, protocol in group:
+            lines.append(f"{label:<16} {protocol:<52} {format_value(result.get(key)):>8}")
+        lines.append("")
+    lines.append(f"{result.get('n_images', 0)} images, at their own size")
     return "\n".join(lines)

@@ -29,14 +29,21 @@ Output folder (default ``<run dir>/test`` for weights inside a run directory, el
   by model-resolution DSC (fewer for smaller test sets): image | truth (green) | prediction
   (magenta, with the truth's outline in green), at model resolution, enlarged to ≥ 256 px.
 
-The output folder may not lie inside the dataset, and an earlier test's outputs are replaced only
-with ``overwrite`` (``--overwrite``; then its stale panels are removed too); a file msrf did not
-write is never replaced or removed (:mod:`msrfnet.safe_output`).
+The output folder may not be, or lie inside, a folder whose files are read (the split's
+``images/`` and ``masks/``, ``instances_gt``); elsewhere in the dataset it may (a run folder in
+``<data>/runs`` beside ``train/ val/ test/``, and its ``test/`` report). An earlier test's outputs
+are replaced only with ``overwrite`` (``--overwrite``; then its stale panels are removed too); a
+file msrf did not write is never replaced or removed (:mod:`msrfnet.safe_output`).
+
+Plan, then run: :func:`plan_test` decides what is read, computed and written without a model
+(:class:`SplitPlan`), :func:`run_split` runs a :class:`~msrfnet.inference.segmenter.Segmenter` over
+it; :func:`test` does both from the option groups of :mod:`msrfnet.option_groups`.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,52 +51,39 @@ import cv2
 import numpy as np
 
 from msrfnet.data import MSRFDataset, load_or_build_cache, read_image, read_mask, resolve_data_root
-from msrfnet.data.files import files_by_stem
+from msrfnet.data.files import Pair, files_by_stem
 from msrfnet.data.io import read_labels
+from msrfnet.data.layout import split_dir, split_pairs
 from msrfnet.errors import MSRFError
-from msrfnet.inference.instances import (
-    MIN_SIZE,
-    SEED_DISTANCE,
-    check_instance_options,
-    split_instances,
-)
-from msrfnet.inference.report import (  # noqa: F401 - re-exported: part of msrf test's API
-    N_OVERLAYS,
-    OBJECT_METRICS,
-    OTHER_METRICS,
-    PAPER_METRICS,
-    format_table,
-    ranked,
-    report_folder,
-    write_outputs,
-    write_overlays,
-)
+from msrfnet.inference.instances import split_instances
+from msrfnet.inference.report import format_table, report_folder, write_outputs, write_overlays
 from msrfnet.inference.runners import to_original_size
 from msrfnet.inference.segmenter import Segmenter
-from msrfnet.inference.tiling import check_tiling
 from msrfnet.metrics import per_image_table, summarize
-from msrfnet.object_metrics import object_scores
-from msrfnet.options import check_image_size, check_threshold
-from msrfnet.safe_output import refuse_inside_inputs
+from msrfnet.object_metrics import object_scores, summarize_objects
+from msrfnet.option_groups import ModelSource, Objects, Tiling
+from msrfnet.options import check_inference_memory
+from msrfnet.safe_output import OutputFolder, refuse_collisions
 from msrfnet.weights.resolve import run_dir_of
 
 __all__ = [
-    "N_OVERLAYS",
     "DEFAULT_OUT",
-    "PAPER_METRICS",
-    "OTHER_METRICS",
-    "OBJECT_METRICS",
+    "SPLIT",
+    "SplitPlan",
     "default_out",
-    "run_test",
-    "write_outputs",
-    "ranked",
-    "write_overlays",
-    "format_table",
+    "instance_truth_folder",
+    "plan_test",
+    "open_segmenter",
+    "check_memory",
+    "run_split",
+    "test",
 ]
 
 log = logging.getLogger("msrfnet")
 
 DEFAULT_OUT = Path("msrf-test")
+SPLIT = "test"  #: the split msrf test reads
+TILES_PER_CALL = 8  #: tiled: windows of one test image per model call
 
 _ROW_KEYS = ("tp", "fp", "fn", "tn", "dsc", "iou", "precision", "recall", "f2", "accuracy", "hd95")
 
@@ -100,194 +94,35 @@ def default_out(weights: Path) -> Path:
     return run / "test" if run is not None else DEFAULT_OUT
 
 
-def _cache_dir(cfg) -> str | None:
-    # a cache folder recorded on another machine would not exist here: fall back to the default
-    return cfg.cache_dir if cfg.cache_dir and Path(cfg.cache_dir).is_dir() else None
+# --- the plan -----------------------------------------------------------------------------------
 
 
-def run_test(
-    data: str | Path | None = None,
-    weights: str | Path | None = None,
-    image_size: int | None = None,
-    out: str | Path | None = None,
-    batch_size: int = 8,
-    threshold: float = 0.5,
-    exact: bool = False,
-    onnx: str | Path | None = None,
-    pt2: str | Path | None = None,
-    overwrite: bool = False,
-    instances: bool = False,
-    instances_gt: str | Path | None = None,
-    min_size: int | None = None,
-    seed_distance: int | None = None,
-    mask_suffix: str | None = None,
-    tile: int | None = None,
-    overlap: float = 0.25,
-    scale: float | None = None,
-    device: str | None = "auto",
-) -> dict[str, Any]:
-    """Evaluate ``weights`` on the test split of ``data`` (see the module docstring); ``exact``
-    runs float32 on a CPU that would otherwise use the bfloat16 fast path; ``onnx`` evaluates an
-    exported (float32 or int8) model through onnxruntime instead, with the image size and Canny
-    thresholds of its metadata; ``mask_suffix`` pairs masks named ``<stem><suffix>`` (default:
-    the checkpoint's); ``pt2`` likewise an int8 AOTInductor package (``msrf export
-    --int8 --out X.pt2``). The model runs through :class:`~msrfnet.inference.segmenter.Segmenter`
-    on ``device`` (auto, cpu, cuda, cuda:N or mps).
+@dataclass(frozen=True)
+class SplitPlan:
+    """What one ``msrf test`` reads, computes and writes, decided before the model runs."""
 
-    Tiled (``tile`` / ``scale``, or weights trained at native scale, which tile at their patch
-    size and scale by themselves): each test image is predicted whole by
-    :func:`msrfnet.inference.tiling.predict_tiled` from its file; the original-resolution
-    columns score that map, the model-resolution ones the map shrunk to S×S (area average)
-    against the cached S×S mask, comparable with the resize protocol's.
+    root: Path  #: the dataset
+    pairs: tuple[Pair, ...]  #: the split's images and masks, sorted by stem (the cache's order)
+    inputs: tuple[Path, ...]  #: the folders whose files are read: never written into
+    target: OutputFolder  #: the report folder, checked: what it holds may be replaced
+    mask_suffix: str = ""  #: a mask's stem is its image's plus this
+    batch_size: int = 8  #: test images per model call
+    #: None: the paper's resize protocol; else each image tiled whole, ``{tile, overlap, scale}``
+    tiling: dict[str, Any] | None = None
+    objects: Objects | None = None  #: object metrics: how a prediction splits into objects
+    instances_gt: Path | None = None  #: with ``objects``: the folder of instance label images
+    labels: dict[str, Path] = field(default_factory=dict)  #: each stem's label image
+    split: str = SPLIT
 
-    Returns the ``metrics.json`` object (NaN kept as float NaN); the summary table, the weights
-    and the data used are logged (INFO).
-
-    Raises:
-        MSRFError: missing/unreadable weights or data files (named), bad options, an output folder
-            inside the dataset or holding outputs that may not be replaced, an I/O error.
-    """
-    from tqdm import tqdm
-
-    check_threshold(threshold)
-    if batch_size < 1:
-        raise MSRFError(f"batch size {batch_size}: must be at least 1")
-    if image_size is not None:
-        check_image_size(image_size)
-    objects = _instance_options(instances, instances_gt, min_size, seed_distance)
-    request = check_tiling(tile, overlap, scale)
-    seg = Segmenter.open(
-        weights,
-        onnx=onnx,
-        pt2=pt2,
-        device=device,
-        exact=exact,
-        image_size=image_size,
-        prefer_runs=True,
-        threshold=threshold,
-        **request,
-    )
-    runner, path, cfg = seg.runner, seg.weights, seg.config
-    size = seg.image_size
-    tiling = seg.tiling
-    root, message = resolve_data_root(data)
-    log.info(message)
-    out = Path(out) if out is not None else default_out(path)
-    refuse_inside_inputs(out, [root])
-    target = report_folder(out, "msrf test", overwrite)
-    cache = load_or_build_cache(
-        root,
-        "test",
-        size,
-        mask_threshold=cfg.mask_threshold,
-        cache_dir=_cache_dir(cfg),
-        mask_suffix=cfg.mask_suffix if mask_suffix is None else mask_suffix,
-        normalize=cfg.normalize,
-    )
-    dataset = MSRFDataset(cache, canny=(cfg.canny_low, cfg.canny_high))
-    n = len(dataset)
-    log.info(f"test split: {n} images at {size}×{size}, threshold {threshold}")
-    if objects is not None:
-        objects["files"] = _instance_truths(objects["gt"], [dataset.source(i) for i in range(n)])
-
-    preds = np.zeros((n, size, size), bool)
-    truths = np.zeros((n, size, size), bool)
-    rows: list[dict[str, Any]] = []
-    batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    for batch in tqdm(
-        batches,
-        disable=len(batches) <= 1 or not log.isEnabledFor(logging.INFO),
-        unit="batch",
-        desc="msrf test",
-    ):
-        items = [dataset[i] for i in batch]
-        images = np.stack([it["image"].numpy() for it in items])
-        canny = np.stack([it["canny"].numpy() for it in items])
-        if tiling is None:
-            probs, tiled = seg.model_probabilities(images, canny), [None] * len(items)
-        else:  # each image whole from its file, tiled; shrunk to S×S for the model-size column
-            tiled = [_tiled_probability(seg, dataset.source(i)) for i in batch]
-            probs = np.stack(
-                [cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in tiled]
-            )
-        truths[batch.start : batch.stop] = np.stack([it["mask"].numpy()[0] for it in items]).astype(
-            bool
-        )
-        preds[batch.start : batch.stop] = probs >= threshold
-        model_rows = per_image_table(
-            preds[batch.start : batch.stop], truths[batch.start : batch.stop]
-        )
-        for i, prob, model_row, tiled_prob in zip(batch, probs, model_rows, tiled):
-            src = dataset.source(i)
-            truth = read_mask(
-                src.mask_path, mask_threshold=cfg.mask_threshold, name=dataset.mask_files[i]
-            )
-            full_prob = (
-                to_original_size(prob, src.height, src.width) if tiled_prob is None else tiled_prob
-            )
-            full = full_prob >= threshold
-            orig_row = per_image_table(full[None], truth[None])[0]
-            rows.append(
-                {
-                    "image": dataset.image_files[i],
-                    "stem": src.stem,
-                    "height": src.height,
-                    "width": src.width,
-                    **{k: model_row[k] for k in _ROW_KEYS},
-                    **{f"orig_{k}": orig_row[k] for k in _ROW_KEYS},
-                }
-            )
-            if objects is not None:
-                rows[-1].update(_object_row(full_prob, threshold, src.stem, objects))
-
-    model = summarize([{k: r[k] for k in _ROW_KEYS} for r in rows])
-    orig = summarize([{k: r[f"orig_{k}"] for k in _ROW_KEYS} for r in rows])
-    result: dict[str, Any] = dict(model)
-    result.update({f"orig_{k}": v for k, v in orig.items()})
-    result.update(
-        n_images=n,
-        image_size=size,
-        threshold=threshold,
-        weights=str(path),
-        data=str(root),
-        variant=cfg.variant,
-        numerics=runner.numerics,
-    )
-    if tiling is not None:
-        result.update(protocol="tiled", **tiling)
-    if objects is not None:
-        from msrfnet.object_metrics import summarize_objects
-
-        result.update(summarize_objects(rows))
-        result.update(
-            instances_gt=str(objects["gt"]),
-            min_size=objects["min_size"],
-            seed_distance=objects["seed_distance"],
-        )
-
-    write_outputs(target, result, rows)
-    write_overlays(target, np.asarray(cache.images), truths, preds, rows)
-    log.info(format_table(result))
-    log.info(f"results: {out}/ (metrics.json, metrics.csv, overlays/)")
-    return result
+    @property
+    def out(self) -> Path:
+        return self.target.root
 
 
-# --- tiled (native scale) -----------------------------------------------------------------------
-
-
-def _tiled_probability(seg: Segmenter, source) -> np.ndarray:
-    """The tiled probability map of one test image, read from its file."""
-
-    return seg.probabilities([read_image(source.image_path, normalize=seg.normalize)])[0]
-
-
-# --- objects (--instances) ----------------------------------------------------------------------
-
-
-def _instance_options(instances, instances_gt, min_size, seed_distance) -> dict[str, Any] | None:
-    """The checked object options of ``msrf test --instances``, None without ``instances``."""
-
-    if not instances:
+def instance_truth_folder(objects: Objects | None, instances_gt: str | Path | None) -> Path | None:
+    """The folder of instance label images that object metrics (``objects``) need, checked;
+    None without ``objects``."""
+    if objects is None:
         if instances_gt is not None:
             raise MSRFError("--instances-gt: pass --instances too (object metrics)")
         return None
@@ -299,29 +134,198 @@ def _instance_options(instances, instances_gt, min_size, seed_distance) -> dict[
     gt = Path(instances_gt)
     if not gt.is_dir():
         raise MSRFError(f"--instances-gt {gt}: no such folder")
-    sizes = check_instance_options(
-        MIN_SIZE if min_size is None else min_size,
-        SEED_DISTANCE if seed_distance is None else seed_distance,
-    )
-    return {"gt": gt, "min_size": sizes[0], "seed_distance": sizes[1]}
+    return gt
 
 
-def _instance_truths(folder: Path, sources) -> dict[str, Path]:
+def _instance_truths(folder: Path, stems: list[str]) -> dict[str, Path]:
     """The label image of every test stem in ``folder``; one line naming the first missing."""
-
     files, _, _ = files_by_stem(folder)
-    missing = [s.stem for s in sources if s.stem not in files]
+    missing = [s for s in stems if s not in files]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise MSRFError(f"--instances-gt {folder}: no label image with stem {missing[0]!r}{more}")
     return files
 
 
-def _object_row(prob: np.ndarray, threshold: float, stem: str, objects: dict) -> dict[str, Any]:
-    """One test image's object metrics: its probabilities split into objects, against its
-    instance labels."""
+def plan_test(
+    root: str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    mask_suffix: str = "",
+    batch_size: int = 8,
+    tiling: dict[str, Any] | None = None,
+    objects: Objects | None = None,
+    instances_gt: str | Path | None = None,
+) -> SplitPlan:
+    """The plan of a test of the dataset ``root`` into ``out``, from the files alone (no model):
+    the split's pairs; ``out`` refused when it is, or lies inside, a folder read; its earlier
+    outputs replaced only with ``overwrite``; with ``objects``, every test stem's label image
+    in ``instances_gt``. ``batch_size`` is :class:`~msrfnet.option_groups.ModelSource`'s,
+    ``tiling`` the Segmenter's (:attr:`~msrfnet.inference.segmenter.Segmenter.tiling`).
 
-    path = objects["files"][stem]
+    Raises:
+        MSRFError: a missing split or pairing problem, an output folder among the inputs or
+            holding files that may not be replaced, missing instance labels (each named).
+    """
+    root = Path(root)
+    gt = instance_truth_folder(objects, instances_gt)
+    pairs = tuple(split_pairs(root, SPLIT, mask_suffix))
+    folder = split_dir(root, SPLIT)
+    inputs = (folder / "images", folder / "masks", *([gt] if gt is not None else []))
+    refuse_collisions(out, input_folders=inputs)  # the files read all lie in these folders
+    target = report_folder(Path(out), "msrf test", overwrite)
+    labels = _instance_truths(gt, [p.stem for p in pairs]) if gt is not None else {}
+    return SplitPlan(
+        root, pairs, inputs, target, mask_suffix, batch_size, tiling, objects, gt, labels
+    )
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def open_segmenter(model: ModelSource, tiling: Tiling) -> Segmenter:
+    """The Segmenter of ``model`` (no ``weights``: the newest run in ``./runs``, else the shipped
+    weights) tiled as ``tiling`` asks (native-scale weights tile by themselves)."""
+    if model.tta:
+        raise MSRFError("tta: msrf test scores the model as it is, without flip averaging")
+    return Segmenter.open(model=model, tiling=tiling, prefer_runs=True)
+
+
+def check_memory(plan: SplitPlan, seg: Segmenter, device: str | None = None) -> None:
+    """Refuse, before the cache is built and the arrays allocated, a model input this machine
+    cannot hold: ``batch_size`` test images of the model's size at once, or one image's windows
+    (:data:`TILES_PER_CALL` at a time) when tiling."""
+    if plan.tiling is None:
+        check_inference_memory(seg.image_size, plan.batch_size, "--image-size", device)
+    else:
+        check_inference_memory(seg.tile_size, TILES_PER_CALL, "--tile", device)
+
+
+def _cache_dir(cfg) -> str | None:
+    # a cache folder recorded on another machine would not exist here: fall back to the default
+    return cfg.cache_dir if cfg.cache_dir and Path(cfg.cache_dir).is_dir() else None
+
+
+def run_split(plan: SplitPlan, seg: Segmenter) -> dict[str, Any]:
+    """Run ``seg`` (made by :meth:`Segmenter.open`: it knows its checkpoint's config) over the
+    plan's split, at its image size and threshold, and write the report (see the module
+    docstring). Returns the ``metrics.json`` object (NaN kept as float NaN); the summary table
+    is logged (INFO)."""
+    if plan.tiling != seg.tiling:
+        raise ValueError(f"plan for tiling {plan.tiling}, Segmenter tiling {seg.tiling}")
+    cfg, size = seg.config, seg.image_size
+    cache = load_or_build_cache(
+        plan.root,
+        plan.split,
+        size,
+        mask_threshold=cfg.mask_threshold,
+        cache_dir=_cache_dir(cfg),
+        mask_suffix=plan.mask_suffix,
+        normalize=cfg.normalize,
+    )
+    dataset = MSRFDataset(cache, canny=(cfg.canny_low, cfg.canny_high))
+    log.info(f"test split: {len(dataset)} images at {size}×{size}, threshold {seg.threshold}")
+    rows, truths, preds = _score(plan, seg, dataset)
+    result = _result(plan, seg, rows)
+    write_outputs(plan.target, result, rows)
+    write_overlays(plan.target, np.asarray(cache.images), truths, preds, rows)
+    log.info(format_table(result))
+    log.info(f"results: {plan.out}/ (metrics.json, metrics.csv, overlays/)")
+    return result
+
+
+def _score(plan: SplitPlan, seg: Segmenter, dataset: MSRFDataset):
+    """(one row per image, the S×S truths, the S×S predictions), a batch of images at a time."""
+    from tqdm import tqdm
+
+    n, size, step = len(dataset), seg.image_size, plan.batch_size
+    preds = np.zeros((n, size, size), bool)
+    truths = np.zeros((n, size, size), bool)
+    rows: list[dict[str, Any]] = []
+    batches = [range(i, min(i + step, n)) for i in range(0, n, step)]
+    quiet = len(batches) <= 1 or not log.isEnabledFor(logging.INFO)
+    for batch in tqdm(batches, disable=quiet, unit="batch", desc="msrf test"):
+        items = [dataset[i] for i in batch]
+        if plan.tiling is None:
+            images = np.stack([it["image"].numpy() for it in items])
+            canny = np.stack([it["canny"].numpy() for it in items])
+            probs, tiled = seg.model_probabilities(images, canny), [None] * len(items)
+        else:  # each image whole from its file, tiled; shrunk to S×S for the model-size column
+            tiled = [_tiled_probability(seg, dataset.source(i)) for i in batch]
+            probs = np.stack(
+                [cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in tiled]
+            )
+        at = slice(batch.start, batch.stop)
+        truths[at] = np.stack([it["mask"].numpy()[0] for it in items]).astype(bool)
+        preds[at] = probs >= seg.threshold
+        model_rows = per_image_table(preds[at], truths[at])
+        for i, prob, model_row, tiled_prob in zip(batch, probs, model_rows, tiled):
+            full_prob = tiled_prob
+            if full_prob is None:
+                src = dataset.source(i)
+                full_prob = to_original_size(prob, src.height, src.width)
+            rows.append(_row(plan, seg, dataset, i, model_row, full_prob))
+    return rows, truths, preds
+
+
+def _row(plan: SplitPlan, seg: Segmenter, dataset: MSRFDataset, i: int, model_row, full_prob):
+    """One image's CSV row: its model-resolution metrics, those of ``full_prob`` (its
+    probabilities at its original size) against its mask file, and with objects theirs."""
+    src = dataset.source(i)
+    truth = read_mask(
+        src.mask_path, mask_threshold=seg.config.mask_threshold, name=dataset.mask_files[i]
+    )
+    orig_row = per_image_table((full_prob >= seg.threshold)[None], truth[None])[0]
+    row = {
+        "image": dataset.image_files[i],
+        "stem": src.stem,
+        "height": src.height,
+        "width": src.width,
+        **{k: model_row[k] for k in _ROW_KEYS},
+        **{f"orig_{k}": orig_row[k] for k in _ROW_KEYS},
+    }
+    if plan.objects is not None:
+        row.update(_object_row(full_prob, seg.threshold, plan.labels[src.stem], plan.objects))
+    return row
+
+
+def _result(plan: SplitPlan, seg: Segmenter, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``metrics.json`` object: the summaries at both resolutions and what was compared."""
+    model = summarize([{k: r[k] for k in _ROW_KEYS} for r in rows])
+    orig = summarize([{k: r[f"orig_{k}"] for k in _ROW_KEYS} for r in rows])
+    result: dict[str, Any] = dict(model)
+    result.update({f"orig_{k}": v for k, v in orig.items()})
+    result.update(
+        n_images=len(rows),
+        image_size=seg.image_size,
+        threshold=seg.threshold,
+        weights=str(seg.weights),
+        data=str(plan.root),
+        variant=seg.config.variant,
+        numerics=seg.runner.numerics,
+    )
+    if plan.tiling is not None:
+        result.update(protocol="tiled", **plan.tiling)
+    if plan.objects is not None:
+        result.update(summarize_objects(rows))
+        result.update(
+            instances_gt=str(plan.instances_gt),
+            min_size=plan.objects.min_size,
+            seed_distance=plan.objects.seed_distance,
+        )
+    return result
+
+
+def _tiled_probability(seg: Segmenter, source) -> np.ndarray:
+    """The tiled probability map of one test image, read from its file."""
+    rgb = read_image(source.image_path, normalize=seg.normalize)
+    return seg.probabilities([rgb], batch_size=TILES_PER_CALL)[0]
+
+
+def _object_row(prob: np.ndarray, threshold: float, path: Path, objects: Objects) -> dict:
+    """One test image's object metrics: its probabilities split into objects, against its
+    instance label image ``path``."""
     truth = read_labels(path)
     if truth.shape != prob.shape:
         raise MSRFError(
@@ -329,6 +333,53 @@ def _object_row(prob: np.ndarray, threshold: float, stem: str, objects: dict) ->
             f"{prob.shape[1]}×{prob.shape[0]}"
         )
     labels = split_instances(
-        prob, threshold, min_size=objects["min_size"], seed_distance=objects["seed_distance"]
+        prob, threshold, min_size=objects.min_size, seed_distance=objects.seed_distance
     )
     return object_scores(labels, truth)
+
+
+# --- the entry point ----------------------------------------------------------------------------
+
+
+def test(
+    data: str | Path | None = None,
+    *,
+    model: ModelSource = ModelSource(),
+    tiling: Tiling = Tiling(),
+    objects: Objects | None = None,
+    instances_gt: str | Path | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    mask_suffix: str | None = None,
+) -> dict[str, Any]:
+    """``msrf test`` from Python: the test split of ``data`` (None: ``./data/kdsb``, else the
+    bundled sample) through ``model`` (:func:`open_segmenter`), planned (:func:`plan_test`) and
+    run (:func:`run_split`). ``objects`` adds object metrics against the label images of
+    ``instances_gt``; ``out`` defaults to ``<run dir>/test`` for weights inside a run
+    directory, else ``./msrf-test``; ``mask_suffix`` to the checkpoint's. Returns the
+    ``metrics.json`` object; the weights, the data and the summary table are logged (INFO).
+
+    Raises:
+        MSRFError: missing/unreadable weights or data files (named), bad options, an output
+            folder among the inputs or holding outputs that may not be replaced, an I/O error.
+    """
+    instance_truth_folder(objects, instances_gt)  # before the model loads
+    seg = open_segmenter(model, tiling)
+    root, message = resolve_data_root(data)
+    log.info(message)
+    plan = plan_test(
+        root,
+        default_out(seg.weights) if out is None else out,
+        overwrite=overwrite,
+        mask_suffix=seg.config.mask_suffix if mask_suffix is None else mask_suffix,
+        batch_size=model.batch_size,
+        tiling=seg.tiling,
+        objects=objects,
+        instances_gt=instances_gt,
+    )
+    exported = model.onnx is not None or model.pt2 is not None
+    check_memory(plan, seg, None if exported else model.device)
+    return run_split(plan, seg)
+
+
+test.__test__ = False  # a function named test: not one for pytest to collect where imported
