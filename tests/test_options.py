@@ -146,7 +146,7 @@ def test_train_api_refuses_bad_config_before_anything(tmp_path):
 
 
 def test_one_image_size_rule_everywhere():
-    from msrfnet.bench import run as bench
+    from msrfnet.bench import plan as bench
     from msrfnet.data import datamodule
     from msrfnet.inference import segmenter
 

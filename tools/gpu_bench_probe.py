@@ -18,7 +18,7 @@ host-bound, near 1 with a large elementwise/copy share means memory-bound).
 The first configuration is exactly ``msrf bench --device cuda --json`` (fp32 baseline + the compiled
 optimized path at batch 32); the others skip the baseline to save time and vary one thing each
 (eager, batch 16/64, NCHW, plain transposed convs, other compile modes). Each config's keys are
-``run_bench``'s.
+fields of ``msrfnet.bench.plan.BenchOptions``.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
 
 import torch  # noqa: E402
 
+from msrfnet.bench.plan import BenchOptions  # noqa: E402
 from msrfnet.bench.run import run_bench  # noqa: E402
 
-#: name → run_bench keyword arguments, in priority order (the budget cuts from the end).
+#: name → BenchOptions fields, in priority order (the budget cuts from the end).
 CUDA_CONFIGS = {
     # first: exactly `msrf bench --device cuda --json` (baseline + compiled optimized path)
     "b32-compile-default": dict(batch_size=32, compile=True, compile_mode="default", baseline=True),
@@ -350,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         logging.info("probe: %s ...", name)
         try:
-            r = run_bench(**kw)
+            hook, as_json = kw.pop("train_hook", None), kw.pop("as_json", False)
+            r = run_bench(BenchOptions(**kw), as_json=as_json, train_hook=hook)
         except Exception as e:  # report and go on
             emit(
                 {

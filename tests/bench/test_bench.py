@@ -19,6 +19,7 @@ import torch
 from _logs import said
 
 from msrfnet.accel.cpu import CPUInferenceModel, optimize_for_cpu_inference
+from msrfnet.bench.plan import BenchOptions, plan_bench
 from msrfnet.bench.run import format_table, model_flops, run_bench
 from msrfnet.errors import MSRFError
 from msrfnet.model import MSRFNet
@@ -182,7 +183,9 @@ def test_model_flops_match_the_documented_count():
 
 def test_run_bench_tiny_cpu(one_thread):
     with said() as lines:
-        r = run_bench(device="cpu", image_size=32, batch_size=2, steps=1, compile=False)
+        r = run_bench(
+            BenchOptions(device="cpu", image_size=32, batch_size=2, steps=1, compile=False)
+        )
     _check_result(r, 2, 32)
     assert r["compile_status"] == "off" and r["threads"] == 1
     # bf16 halves every saved activation; the memory-efficient DSDF blocks keep less on top of that
@@ -225,7 +228,7 @@ def test_json_mode_keeps_stray_output_off_stdout(one_thread, capfd):
         os.write(1, b"fd-level noise\n")
         return {"ok": True}
 
-    r = run_bench(
+    options = BenchOptions(
         device="cpu",
         image_size=16,
         batch_size=1,
@@ -233,9 +236,8 @@ def test_json_mode_keeps_stray_output_off_stdout(one_thread, capfd):
         compile=False,
         baseline=False,
         inference=False,
-        as_json=True,
-        train_hook=noisy,
     )
+    r = run_bench(options, as_json=True, train_hook=noisy)
     out, err = capfd.readouterr()
     assert json.loads(out) == json.loads(json.dumps(r))
     assert r["train_hook"] == {"ok": True}
@@ -251,13 +253,15 @@ def test_compile_failure_falls_back_to_eager(one_thread, monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     r = run_bench(
-        device="cpu",
-        image_size=16,
-        batch_size=1,
-        steps=1,
-        compile=True,
-        compile_cpu=True,
-        baseline=False,
+        BenchOptions(
+            device="cpu",
+            image_size=16,
+            batch_size=1,
+            steps=1,
+            compile=True,
+            compile_cpu=True,
+            baseline=False,
+        )
     )
     assert r["compile_status"].startswith(
         "fallback to eager: RuntimeError: simulated inductor failure"
@@ -327,7 +331,7 @@ def test_baseline_out_of_memory_keeps_the_optimized_figures(monkeypatch):
         return real(model, spec, *args)
 
     monkeypatch.setattr(bench, "_training_path", training_path)
-    r = run_bench(device="cpu", image_size=16, batch_size=1, steps=1, compile=False)
+    r = run_bench(BenchOptions(device="cpu", image_size=16, batch_size=1, steps=1, compile=False))
     assert r["baseline_error"] == "out of GPU memory at batch 1"
     assert r["baseline_train_img_s"] is None and r["speedup_train"] is None
     assert r["train_img_s"] > 0 and r["infer_img_s"] > 0 and r["baseline_infer_img_s"] > 0
@@ -335,12 +339,41 @@ def test_baseline_out_of_memory_keeps_the_optimized_figures(monkeypatch):
 
 def test_bad_arguments_are_user_errors():
     with pytest.raises(MSRFError, match="multiple of 8"):
-        run_bench(device="cpu", image_size=30)
+        run_bench(BenchOptions(device="cpu", image_size=30))
     with pytest.raises(MSRFError, match="compile mode"):
-        run_bench(device="cpu", image_size=16, compile_mode="fastest")
+        run_bench(BenchOptions(device="cpu", image_size=16, compile_mode="fastest"))
     if not torch.cuda.is_available():
         with pytest.raises(MSRFError, match="no CUDA GPU"):
-            run_bench(device="cuda")
+            run_bench(BenchOptions(device="cuda"))
+    for bad in ({"batch_size": 0}, {"steps": 0}, {"infer_batch_size": 0}):
+        with pytest.raises(MSRFError, match="at least 1"):
+            BenchOptions(device="cpu", image_size=16, **bad)
+
+
+def test_plan_fills_in_the_device_defaults():
+    """The plan is made without measuring anything: the CPU's defaults, or what was asked."""
+    plan = plan_bench(BenchOptions(device="cpu", image_size=16))
+    assert (plan.batch, plan.infer_batch, plan.steps_train, plan.steps_infer) == (2, 1, 2, 3)
+    assert plan.warmup == 1 and 1 <= plan.threads <= 2 and plan.compile_mode == "default"
+    assert not plan.optimized_spec.compile  # not on the CPU unless compile_cpu
+    assert plan.optimized_spec.cpu_inference_helper and plan.baseline_spec.amp_dtype is None
+    asked = BenchOptions(
+        device="cpu",
+        image_size=16,
+        batch_size=4,
+        steps=5,
+        warmup=0,
+        threads=1,
+        infer_batch_size=3,
+        compile_cpu=True,
+        compile_mode="max-autotune",
+        channels_last=False,
+    )
+    plan = plan_bench(asked)
+    assert (plan.batch, plan.infer_batch, plan.steps_train, plan.steps_infer) == (4, 3, 5, 5)
+    assert plan.warmup == 0 and plan.threads == 1 and plan.options is asked
+    assert plan.optimized_spec.compile and plan.optimized_spec.compile_mode == "max-autotune"
+    assert not plan.optimized_spec.channels_last
 
 
 def test_gpu_probe_runs_on_cpu_tiny():

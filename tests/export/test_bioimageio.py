@@ -10,6 +10,9 @@ which the slow test also runs through the ``bioimageio test`` CLI.
 
 from __future__ import annotations
 
+import io
+import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,7 +25,10 @@ import yaml
 from _logs import said
 from _shared import in_ci
 
+from msrfnet.cli import main
 from msrfnet.errors import MSRFError
+from msrfnet.export.destination import check_destination
+from msrfnet.safe_output import MANIFEST, OutputFolder
 
 if not in_ci():  # in CI the dev extra brings them: missing there is a failure, not a skip
     pytest.importorskip("bioimageio.core")
@@ -136,11 +142,14 @@ def test_bioimageio_test_passes_offline(package, no_network):
 
 @pytest.fixture(scope="module")
 def zip_package(onnx_file, shipped, tmp_path_factory):
-    """An ONNX-only .zip package written over an earlier package of ours (``overwrite``)."""
+    """An ONNX-only .zip package written over an earlier package of ours (``overwrite``): a zip
+    that msrf recorded in its folder's manifest."""
     out = tmp_path_factory.mktemp("zip") / "msrfnet.zip"
-    with zipfile.ZipFile(out, "w") as z:
+    earlier = io.BytesIO()
+    with zipfile.ZipFile(earlier, "w") as z:
         z.writestr("rdf.yaml", f"name: {NAMES[True]}\n")
-    with pytest.raises(MSRFError, match="pass overwrite"):
+    OutputFolder(out.parent, "msrf export --bioimageio").write_bytes(out.name, earlier.getvalue())
+    with pytest.raises(MSRFError, match="pass --overwrite"):
         package_bioimageio(onnx_file, out, weights_path=SHIPPED_WEIGHTS, config=shipped[1])
     package_bioimageio(
         onnx_file,
@@ -154,7 +163,9 @@ def zip_package(onnx_file, shipped, tmp_path_factory):
 
 
 def test_zip_replaces_an_earlier_package(zip_package):
-    assert [p.name for p in zip_package.parent.iterdir()] == ["msrfnet.zip"]  # no temp folder
+    # no temp folder; the zip is recorded in the folder's manifest as any export
+    assert sorted(p.name for p in zip_package.parent.iterdir()) == [MANIFEST, "msrfnet.zip"]
+    assert OutputFolder(zip_package.parent, "msrf export").state("msrfnet.zip") == "ours"
     with zipfile.ZipFile(zip_package) as z:
         names = set(z.namelist())
         rdf = yaml.safe_load(z.read("rdf.yaml"))
@@ -199,3 +210,73 @@ def test_missing_bioimageio_is_one_line(monkeypatch, tmp_path, shipped):
         package_bioimageio(
             tmp_path / "m.onnx", tmp_path / "out", weights_path=SHIPPED_WEIGHTS, config=shipped[1]
         )
+
+
+def test_a_foreign_zip_is_refused_even_with_overwrite(tmp_path, shipped):
+    """Not in the folder's manifest: a user's zip, whatever its rdf.yaml says."""
+    out = tmp_path / "pkg.zip"
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("rdf.yaml", f"name: {NAMES[True]}\n")
+    before = out.read_bytes()
+    with pytest.raises(MSRFError, match="pkg.zip: exists and is a file msrf did not write"):
+        package_bioimageio(
+            tmp_path / "none.onnx",
+            out,
+            weights_path=SHIPPED_WEIGHTS,
+            config=shipped[1],
+            overwrite=True,
+        )
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["pkg.zip"]
+
+
+def test_the_folder_package_may_be_replaced_with_overwrite(package, tmp_path):
+    """Every file of a real package is one :data:`PACKAGE_FILES` allows: a re-run with
+    ``--overwrite`` replaces it, one without refuses naming the option."""
+    copy = shutil.copytree(package, tmp_path / "pkg")
+    check_destination(copy, "bioimageio", overwrite=True)
+    with pytest.raises(MSRFError, match=r"pkg: exists \(an earlier msrf .* pass --overwrite"):
+        check_destination(copy, "bioimageio", option="--bioimageio")
+
+
+def test_cli_rerun_refuses_before_exporting_and_the_zip_is_in_the_manifest(
+    onnx_file, tmp_path, capsys, monkeypatch
+):
+    """A re-run of ``msrf export --bioimageio pkg.zip`` refused only after the export, said "pass
+    overwrite", had not recorded pkg.zip in the manifest, and printed the weights line twice
+    ("shipped weights", then "--weights").
+
+    The first run's ONNX graph is the module's (the same export of the same shipped weights,
+    copied instead of traced again: the test is about the command's order, messages and
+    manifest; every other step of it runs)."""
+    import msrfnet.export.onnx as onnx_export
+
+    def copy_graph(job, tmp):
+        shutil.copyfile(onnx_file, tmp)
+        return "copied", 0.0
+
+    monkeypatch.setattr(onnx_export, "_write_single_input", copy_graph)
+    out = tmp_path / "pkg.zip"
+    args = ["export", "--bioimageio", str(out)]  # no --weights: the shipped ones
+    with said() as lines:
+        assert main(args) == 0
+    assert [line for line in lines if line.startswith("weights:")] == [
+        f"weights: {SHIPPED_WEIGHTS} (shipped weights)"
+    ]
+    [record] = [json.loads(line) for line in (out.parent / MANIFEST).read_text().splitlines()]
+    assert record["file"] == "pkg.zip" and record["command"] == "msrf export --bioimageio"
+    assert OutputFolder(out.parent, "msrf export").state("pkg.zip") == "ours"
+    with zipfile.ZipFile(out) as z:
+        assert yaml.safe_load(z.read("rdf.yaml"))["name"] == NAMES[True]
+    capsys.readouterr()
+
+    def never(*args, **kwargs):
+        pytest.fail("exported before the destination was checked")
+
+    monkeypatch.setattr("msrfnet.export.onnx.export_onnx", never)
+    assert main(args) == 2
+    out_text, err = capsys.readouterr()
+    assert "Traceback" not in out_text + err and len(err.strip().splitlines()) == 1
+    assert err.strip() == (
+        f"msrf export: error: {out}: exists (written by an earlier msrf run); "
+        "pass --overwrite to replace the earlier outputs"
+    )

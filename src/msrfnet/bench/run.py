@@ -47,14 +47,14 @@ import logging
 import os
 import platform
 import sys
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from msrfnet.accel.cpu import cpu_supports_bf16
+from msrfnet.bench.plan import BenchOptions, BenchPlan, plan_bench
 from msrfnet.bench.table import format_table
 from msrfnet.bench.timing import (
-    PathSpec,
     _inference_path,
     _matmul_peak,
     _measure,
@@ -62,29 +62,18 @@ from msrfnet.bench.timing import (
     _training_path,
     matmul_peak_tflops,
     model_flops,
-    resolve_device,
     saved_activation_gib,
 )
 from msrfnet.errors import MSRFError
 from msrfnet.model import MSRFNet
-from msrfnet.options import check_image_size
 
 __all__ = [
-    "CUDA_DEFAULTS",
-    "CPU_DEFAULTS",
-    "DEFAULT_COMPILE_MODE",
-    "COMPILE_MODES",
     "run_bench",
     "format_table",
     "model_flops",
 ]
 
 log = logging.getLogger(__name__)
-
-CUDA_DEFAULTS = {"batch_size": 32, "warmup": 3, "steps": 20}
-CPU_DEFAULTS = {"batch_size": 2, "warmup": 1, "steps": 2, "threads": 2}
-DEFAULT_COMPILE_MODE = "default"  # max-autotune tunes every conv shape: many minutes for this model
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -122,113 +111,31 @@ def _backend_state(device: torch.device, threads: int | None):
         torch.backends.cudnn.benchmark = old_bench
 
 
-def _specs(
-    device: torch.device,
-    compile: bool,
-    compile_mode: str | None,
-    compile_cpu: bool,
-    channels_last: bool,
-    subpixel: bool,
-    amp: bool,
-) -> tuple[PathSpec, PathSpec]:
-
-    cuda = device.type == "cuda"
-    bf16 = amp and (cuda and torch.cuda.is_bf16_supported() or not cuda and cpu_supports_bf16())
-    base = PathSpec("baseline")
-    opt = PathSpec(
-        "optimized",
-        memory_efficient=True,
-        amp_dtype=torch.bfloat16 if bf16 else None,
-        channels_last=channels_last,
-        subpixel=subpixel,
-        compile=compile and (cuda or compile_cpu),
-        compile_mode=compile_mode,
-        fused_adam=cuda,
-        cudnn_benchmark=cuda,
-        cpu_inference_helper=not cuda,
-    )
-    return base, opt
-
-
 def run_bench(
-    device: str | None = None,
-    as_json: bool = False,
-    batch_size: int | None = None,
-    image_size: int = 256,
-    steps: int | None = None,
-    compile: bool = True,
+    options: BenchOptions | None = None,
     *,
-    compile_mode: str | None = None,
-    channels_last: bool = True,
-    subpixel: bool = True,
-    amp: bool = True,
-    warmup: int | None = None,
-    infer_batch_size: int | None = None,
-    threads: int | None = None,
-    baseline: bool = True,
-    inference: bool = True,
-    compile_cpu: bool = False,
-    variant: str = "official",
-    seed: int = 0,
+    as_json: bool = False,
     train_hook: Callable | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Benchmark the baseline and the optimized path in one run; returns (and prints) the results.
 
-    ``device`` None → CUDA when available. Defaults: CUDA batch 32, 3 warm-up + 20 timed steps,
-    inference at the training batch size; CPU batch 2, 1 warm-up + 2 timed training steps,
-    inference at batch 1 (1 warm-up + ``max(steps, 3)`` timed), 2 threads. ``compile_mode`` is
-    ``torch.compile``'s mode (``"default"``, ``"reduce-overhead"`` = CUDA graphs,
-    ``"max-autotune-no-cudagraphs"``…; default ``DEFAULT_COMPILE_MODE``). ``baseline=False`` or
-    ``inference=False`` skip those parts (their keys are then ``None``). With ``as_json`` exactly
-    one JSON object goes to stdout and everything else to stderr; otherwise the table is logged
-    (INFO). ``train_hook(step, device)`` is called with the optimized path's warm training step
-    after its timing (``tools/gpu_bench_probe.py`` profiles it there); its result is
+    ``options.device`` None → CUDA when available. Defaults: CUDA batch 32, 3 warm-up + 20 timed
+    steps, inference at the training batch size; CPU batch 2, 1 warm-up + 2 timed training steps,
+    inference at batch 1 (1 warm-up + ``max(steps, 3)`` timed), 2 threads. With ``as_json``
+    exactly one JSON object goes to stdout and everything else to stderr; otherwise the table is
+    logged (INFO). ``train_hook(step, device)`` is called with the optimized path's warm training
+    step after its timing (``tools/gpu_bench_probe.py`` profiles it there); its result is
     ``result["train_hook"]``. ``extra`` is merged into the result (``msrf bench --data``:
     :mod:`msrfnet.bench.data`'s keys).
     """
-    dev = resolve_device(device)
-    cuda = dev.type == "cuda"
-    d = CUDA_DEFAULTS if cuda else CPU_DEFAULTS
-    check_image_size(image_size, "msrf bench: --image-size")
-    if compile_mode is not None and compile_mode not in COMPILE_MODES:
-        raise MSRFError(
-            f"msrf bench: compile mode must be one of {', '.join(COMPILE_MODES)}, got "
-            f"{compile_mode!r}"
-        )
-    compile_mode = compile_mode or DEFAULT_COMPILE_MODE
-    batch = batch_size or d["batch_size"]
-    steps_train = steps or d["steps"]
-    warm = warmup if warmup is not None else d["warmup"]
-    if cuda:
-        warm = max(warm, 1)
-    infer_batch = infer_batch_size or (batch if cuda else 1)
-    steps_infer = (steps or d["steps"]) if cuda else max(steps or 3, 3)
-    # 2 threads (the documented CPU figure), or fewer where torch is already limited to fewer
-    nthreads = None if cuda else (threads or min(CPU_DEFAULTS["threads"], torch.get_num_threads()))
-    if batch < 1 or steps_train < 1 or infer_batch < 1:
-        raise MSRFError("msrf bench: --batch-size and --steps must be at least 1")
-
+    plan = plan_bench(options or BenchOptions())
     stdout_guard = _stdout_to_stderr() if as_json else contextlib.nullcontext()
-    with stdout_guard, _backend_state(dev, nthreads):
-        result = _run(
-            dev,
-            batch,
-            image_size,
-            steps_train,
-            steps_infer,
-            warm,
-            infer_batch,
-            nthreads,
-            _specs(dev, compile, compile_mode, compile_cpu, channels_last, subpixel, amp),
-            compile=compile,
-            compile_mode=compile_mode,
-            baseline=baseline,
-            inference=inference,
-            variant=variant,
-            seed=seed,
-            train_hook=train_hook,
-        )
+    with stdout_guard, _backend_state(plan.device, plan.threads):
+        measured = _measure_all(plan, train_hook)
+        result = {**_settings(plan, measured), **_figures(plan, measured)}
+        if train_hook is not None:
+            result["train_hook"] = measured.get("optimized", "train", "hook")
     result.update(extra or {})
     if "data_img_s" in result:
         result["data_over_train"] = result["data_img_s"] / result["train_img_s"]
@@ -240,63 +147,61 @@ def run_bench(
     return result
 
 
-def _run(
-    dev,
-    batch,
-    image_size,
-    steps_train,
-    steps_infer,
-    warm,
-    infer_batch,
-    nthreads,
-    specs,
-    *,
-    compile,
-    compile_mode,
-    baseline,
-    inference,
-    variant,
-    seed,
-    train_hook,
-) -> dict[str, Any]:
+@dataclass
+class _Measured:
+    """What the run measured: per part (``train``, ``infer``) and path name the timing results of
+    :func:`~msrfnet.bench.timing._measure`, the saved activations per path, the matmul peak."""
 
-    cuda = dev.type == "cuda"
-    base_spec, opt_spec = specs
-    torch.manual_seed(seed)
-    model = MSRFNet(variant=variant)
-    fwd_flops, train_flops = model_flops(image_size, variant)
+    train: dict[str, dict[str, Any]]
+    infer: dict[str, dict[str, Any]]
+    saved: dict[str, float]
+    peak: float
+    fwd_flops: float
+    train_flops: float
+    baseline_error: str | None
+
+    def get(self, name: str, part: str, key: str) -> Any:
+        """One figure of one path, None where the path did not run or failed."""
+        r = (self.train if part == "train" else self.infer).get(name)
+        return None if r is None or "error" in r else r.get(key)
+
+
+def _measure_all(plan: BenchPlan, train_hook: Callable | None) -> _Measured:
+    """Build, warm and time both paths' training steps and inference forwards (see the module
+    docstring); an optimized path out of GPU memory is an error, a baseline one a warning."""
+    o = plan.options
+    dev, batch, infer_batch = plan.device, plan.batch, plan.infer_batch
+    torch.manual_seed(o.seed)
+    model = MSRFNet(variant=o.variant)
+    fwd_flops, train_flops = model_flops(o.image_size, o.variant)
     log.info("bench: peak matmul rate on %s ...", dev)
     peak = matmul_peak_tflops(dev)
-    data = _random_batch(batch, image_size, dev, seed)
-    infer_data = _random_batch(infer_batch, image_size, dev, seed + 1)[:2]
-
-    specs_run = ((base_spec,) if baseline else ()) + (opt_spec,)
+    data = _random_batch(batch, o.image_size, dev, o.seed)
+    infer_data = _random_batch(infer_batch, o.image_size, dev, o.seed + 1)[:2]
+    specs = ((plan.baseline_spec,) if o.baseline else ()) + (plan.optimized_spec,)
     log.info(
         "bench: training, batch %d, %d warm-up + %d timed steps: %s ...",
         batch,
-        warm,
-        steps_train,
-        " and ".join(s.name for s in specs_run),
+        plan.warmup,
+        plan.steps_train,
+        " and ".join(s.name for s in specs),
     )
     train = _measure(
-        [(s, functools.partial(_training_path, model, s, data, dev)) for s in specs_run],
-        warmup=warm,
-        steps=steps_train,
+        [(s, functools.partial(_training_path, model, s, data, dev)) for s in specs],
+        warmup=plan.warmup,
+        steps=plan.steps_train,
         device=dev,
-        hook_spec=opt_spec,
+        hook_spec=plan.optimized_spec,
         hook=train_hook,
     )
-    saved = {s.name: saved_activation_gib(model, s, dev, image_size) for s in specs_run}
+    saved = {s.name: saved_activation_gib(model, s, dev, o.image_size) for s in specs}
     infer: dict[str, dict[str, Any]] = {}
-    if inference:
+    if o.inference:
         log.info("bench: inference, batch %d ...", infer_batch)
         infer = _measure(
-            [
-                (s, functools.partial(_inference_path, model, s, *infer_data, dev))
-                for s in specs_run
-            ],
-            warmup=warm,
-            steps=steps_infer,
+            [(s, functools.partial(_inference_path, model, s, *infer_data, dev)) for s in specs],
+            warmup=plan.warmup,
+            steps=plan.steps_infer,
             device=dev,
         )
     if "error" in train["optimized"] or "error" in infer.get("optimized", {}):
@@ -314,99 +219,94 @@ def _run(
     )
     if baseline_error:  # fp32 needs about twice the activation memory: keep the optimized figures
         log.warning("bench: baseline %s; its columns stay empty", baseline_error)
-    probs = {k: r["first"] for k, r in infer.items() if r.get("first") is not None}
-
-    if not cuda:  # a busy CPU lowers the peak too: take the better of two measurements
+    if not plan.cuda:  # a busy CPU lowers the peak too: take the better of two measurements
         _matmul_peak.cache_clear()
         peak = max(peak, matmul_peak_tflops(dev))
+    return _Measured(train, infer, saved, peak, fwd_flops, train_flops, baseline_error)
 
-    def g(name, part, key):
-        r = (train if part == "train" else infer).get(name)
-        return None if r is None or "error" in r else r.get(key)
 
-    o, b = "optimized", "baseline"
-
-    def tflops(img_s, flops):
-        return None if img_s is None else img_s * flops / 1e12
-
-    res: dict[str, Any] = {
-        "device": dev.type,
-        "device_name": torch.cuda.get_device_name(dev)
+def _settings(plan: BenchPlan, m: _Measured) -> dict[str, Any]:
+    """The result's description of the run: machine, versions, sizes, the optimized path's
+    settings and how its compilation went."""
+    o, opt, cuda = plan.options, plan.optimized_spec, plan.cuda
+    return {
+        "device": plan.device.type,
+        "device_name": torch.cuda.get_device_name(plan.device)
         if cuda
         else (platform.processor() or platform.machine()),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "image_size": image_size,
-        "batch_size": batch,
-        "infer_batch_size": infer_batch,
-        "steps": steps_train,
-        "infer_steps": steps_infer,
-        "warmup": warm,
+        "image_size": o.image_size,
+        "batch_size": plan.batch,
+        "infer_batch_size": plan.infer_batch,
+        "steps": plan.steps_train,
+        "infer_steps": plan.steps_infer,
+        "warmup": plan.warmup,
         "threads": torch.get_num_threads() if not cuda else None,
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "variant": variant,
-        "compile": compile,
-        "compile_mode": compile_mode if opt_spec.compile else None,
-        "compile_status": g(o, "train", "compile_status")
-        if opt_spec.compile
-        else ("skipped on cpu (see compile_cpu)" if compile and not cuda else "off"),
-        "infer_compile_status": g(o, "infer", "compile_status"),
-        "amp_dtype": str(opt_spec.amp_dtype).replace("torch.", "")
-        if opt_spec.amp_dtype
-        else "float32",
-        "channels_last": opt_spec.channels_last,
-        "subpixel": opt_spec.subpixel,
-        "memory_efficient": opt_spec.memory_efficient,
-        "fused_adam": opt_spec.fused_adam,
-        "cudnn_benchmark": opt_spec.cudnn_benchmark,
+        "variant": o.variant,
+        "compile": o.compile,
+        "compile_mode": plan.compile_mode if opt.compile else None,
+        "compile_status": m.get("optimized", "train", "compile_status")
+        if opt.compile
+        else ("skipped on cpu (see compile_cpu)" if o.compile and not cuda else "off"),
+        "infer_compile_status": m.get("optimized", "infer", "compile_status"),
+        "amp_dtype": str(opt.amp_dtype).replace("torch.", "") if opt.amp_dtype else "float32",
+        "channels_last": opt.channels_last,
+        "subpixel": opt.subpixel,
+        "memory_efficient": opt.memory_efficient,
+        "fused_adam": opt.fused_adam,
+        "cudnn_benchmark": opt.cudnn_benchmark,
         "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32) if cuda else None,
-        "flops_per_img_fwd": fwd_flops,
-        "flops_per_img_train": train_flops,
-        "peak_tflops": peak,
-        "train_img_s": g(o, "train", "img_s"),
-        "train_step_s": g(o, "train", "step_s_median"),
-        "train_warmup_s": g(o, "train", "warmup_s"),
-        "infer_img_s": g(o, "infer", "img_s"),
-        "infer_warmup_s": g(o, "infer", "warmup_s"),
-        "peak_gib": g(o, "train", "peak_gib"),
-        "peak_gib_per_train_img": g(o, "train", "peak_gib_per_img"),
-        "train_tflops": tflops(g(o, "train", "img_s"), train_flops),
-        "infer_tflops": tflops(g(o, "infer", "img_s"), fwd_flops),
-        "baseline_train_img_s": g(b, "train", "img_s"),
-        "baseline_train_step_s": g(b, "train", "step_s_median"),
-        "baseline_infer_img_s": g(b, "infer", "img_s"),
-        "baseline_peak_gib_per_train_img": g(b, "train", "peak_gib_per_img"),
-        "saved_gib_per_train_img": saved.get(o),
-        "baseline_saved_gib_per_train_img": saved.get(b),
-        "baseline_train_tflops": tflops(g(b, "train", "img_s"), train_flops),
     }
-    res["baseline_error"] = baseline_error
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
+
+
+def _figures(plan: BenchPlan, m: _Measured) -> dict[str, Any]:
+    """The result's measured figures (see the module docstring for their definitions)."""
+    o, b, peak = "optimized", "baseline", m.peak
+
+    def tflops(img_s, flops):
+        return None if img_s is None else img_s * flops / 1e12
+
+    probs = {k: r["first"] for k, r in m.infer.items() if r.get("first") is not None}
+    res: dict[str, Any] = {
+        "flops_per_img_fwd": m.fwd_flops,
+        "flops_per_img_train": m.train_flops,
+        "peak_tflops": peak,
+        "train_img_s": m.get(o, "train", "img_s"),
+        "train_step_s": m.get(o, "train", "step_s_median"),
+        "train_warmup_s": m.get(o, "train", "warmup_s"),
+        "infer_img_s": m.get(o, "infer", "img_s"),
+        "infer_warmup_s": m.get(o, "infer", "warmup_s"),
+        "peak_gib": m.get(o, "train", "peak_gib"),
+        "peak_gib_per_train_img": m.get(o, "train", "peak_gib_per_img"),
+        "train_tflops": tflops(m.get(o, "train", "img_s"), m.train_flops),
+        "infer_tflops": tflops(m.get(o, "infer", "img_s"), m.fwd_flops),
+        "baseline_train_img_s": m.get(b, "train", "img_s"),
+        "baseline_train_step_s": m.get(b, "train", "step_s_median"),
+        "baseline_infer_img_s": m.get(b, "infer", "img_s"),
+        "baseline_peak_gib_per_train_img": m.get(b, "train", "peak_gib_per_img"),
+        "saved_gib_per_train_img": m.saved.get(o),
+        "baseline_saved_gib_per_train_img": m.saved.get(b),
+        "baseline_train_tflops": tflops(m.get(b, "train", "img_s"), m.train_flops),
+        "baseline_error": m.baseline_error,
+    }
     res["mfu"] = res["train_tflops"] / peak
-    res["infer_mfu"] = None if res["infer_tflops"] is None else res["infer_tflops"] / peak
-    res["baseline_mfu"] = (
-        None if res["baseline_train_tflops"] is None else res["baseline_train_tflops"] / peak
-    )
-    res["speedup_train"] = (
-        None
-        if res["baseline_train_img_s"] is None
-        else res["train_img_s"] / res["baseline_train_img_s"]
-    )
-    res["speedup_infer"] = (
-        None
-        if res["infer_img_s"] is None or res["baseline_infer_img_s"] is None
-        else res["infer_img_s"] / res["baseline_infer_img_s"]
-    )
+    res["infer_mfu"] = _ratio(res["infer_tflops"], peak)
+    res["baseline_mfu"] = _ratio(res["baseline_train_tflops"], peak)
+    res["speedup_train"] = _ratio(res["train_img_s"], res["baseline_train_img_s"])
+    res["speedup_infer"] = _ratio(res["infer_img_s"], res["baseline_infer_img_s"])
     res["infer_max_prob_diff"] = (
-        float((probs["optimized"] - probs["baseline"]).abs().max())
-        if "optimized" in probs and "baseline" in probs
-        else None
+        float((probs[o] - probs[b]).abs().max()) if o in probs and b in probs else None
     )
-    if train_hook is not None:
-        res["train_hook"] = g(o, "train", "hook")
-    if not cuda:
-        res["infer_s_per_img"] = g(o, "infer", "s_per_img")
-        res["baseline_infer_s_per_img"] = g(b, "infer", "s_per_img")
+    if not plan.cuda:
+        res["infer_s_per_img"] = m.get(o, "infer", "s_per_img")
+        res["baseline_infer_s_per_img"] = m.get(b, "infer", "s_per_img")
         res["cpu_max_rss_gib"] = _max_rss_gib()
     return res
 

@@ -54,12 +54,14 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    if args.out.endswith(".pt2"):
-        if not args.int8:
-            raise MSRFError(
-                f"{args.out}: a .pt2 package is the int8 CPU model; "
-                "add --int8 (or write an .onnx file)"
-            )
+    """``msrf export``: the format from the flags and the name (each export checks its
+    destination, suffix included, before it exports anything)."""
+    from msrfnet.export.destination import export_format
+
+    fmt = export_format(args.out, int8=args.int8, bioimageio=args.bioimageio is not None)
+    if fmt == "bioimageio":
+        return _export_bioimageio(args)
+    if fmt == "int8-pt2":
         from msrfnet.export.pt2_int8 import export_int8_pt2
 
         export_int8_pt2(
@@ -70,8 +72,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             image_size=args.image_size,
             overwrite=args.overwrite,
         )
-        return 0
-    if args.int8:
+    elif fmt == "int8-onnx":
         from msrfnet.export.onnx_int8 import export_int8
 
         export_int8(
@@ -83,42 +84,50 @@ def cmd_export(args: argparse.Namespace) -> int:
             image_size=args.image_size,
             overwrite=args.overwrite,
         )
-        return 0
-    from msrfnet.export.onnx import export_onnx
+    else:
+        from msrfnet.export.onnx import export_onnx
 
-    if args.bioimageio:
-        return _export_bioimageio(args)
-    export_onnx(
-        args.weights,
-        args.out,
-        opset=args.opset,
-        image_size=args.image_size,
-        overwrite=args.overwrite,
-        single_input=not args.two_inputs,
-    )
+        export_onnx(
+            args.weights,
+            args.out,
+            opset=args.opset,
+            image_size=args.image_size,
+            overwrite=args.overwrite,
+            single_input=not args.two_inputs,
+        )
     return 0
 
 
 def _export_bioimageio(args: argparse.Namespace) -> int:
-    """The one-input ONNX in a temporary folder, then the bioimage.io package around it."""
+    """The package's destination checked, then the one-input ONNX in a temporary folder, then the
+    bioimage.io package around it."""
     import tempfile
 
     from msrfnet.export.bioimageio import package_bioimageio
+    from msrfnet.export.destination import check_destination
     from msrfnet.export.onnx import export_onnx
     from msrfnet.model.loading import load_model
     from msrfnet.weights.resolve import resolve_weights
 
     if args.two_inputs or args.int8:
         raise MSRFError("--bioimageio packages the one-input float model; drop --two-inputs/--int8")
-    path = resolve_weights(args.weights, prefer_runs=False, announce=True)
+    path = resolve_weights(args.weights, prefer_runs=False)  # export_onnx says which, once
+    check_destination(
+        args.bioimageio,
+        "bioimageio",
+        inputs=[path.parent],
+        overwrite=args.overwrite,
+        option="--bioimageio",
+    )
     _, cfg, _ = load_model(path)
     with tempfile.TemporaryDirectory(prefix="msrf-bioimageio-") as tmp:
         onnx = export_onnx(
-            path,
+            args.weights,
             Path(tmp) / "msrfnet.onnx",
             opset=args.opset,
             image_size=args.image_size,
             single_input=True,
+            result_name="the one-input ONNX model",  # a temporary file: not named as a result
         )
         out = package_bioimageio(
             onnx,
@@ -132,6 +141,7 @@ def _export_bioimageio(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from msrfnet.bench.plan import BenchOptions
     from msrfnet.bench.run import run_bench
 
     extra = None
@@ -148,15 +158,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 augment=args.augment,
             )
-    run_bench(
+    options = BenchOptions(
         device=args.device,
-        as_json=args.json,
         batch_size=args.batch_size,
         image_size=args.image_size,
         steps=args.steps,
         compile=not args.no_compile,
-        extra=extra,
     )
+    run_bench(options, as_json=args.json, extra=extra)
     return 0
 
 

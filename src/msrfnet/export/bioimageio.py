@@ -16,154 +16,47 @@ imported inside :func:`package_bioimageio`.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
-import re
 import shutil
 import tempfile
-import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from msrfnet.data import read_image, resize_image, sample_root
 from msrfnet.errors import MSRFError, first_line
+from msrfnet.export.bioimageio_card import SAMPLE, describe, readme_text
+from msrfnet.export.destination import PACKAGE_NAMES, check_destination
 from msrfnet.model.loading import load_model
 from msrfnet.model.pipeline import EXPORT_HYSTERESIS_ITERATIONS, ImageToProbability
 from msrfnet.overlay import draw_overlay, encode_png
+from msrfnet.safe_output import file_digest, io_error
 from msrfnet.weights.resolve import SHIPPED_WEIGHTS
 
 __all__ = [
     "NAMES",
     "NEEDS",
-    "SAMPLE",
-    "PAPER",
-    "DOI",
-    "TAGS",
-    "NUCLEI_TAGS",
-    "SHIPPED_FACTS",
-    "OTHER_FACTS",
-    "README",
+    "SOURCES",
     "package_bioimageio",
 ]
 
 log = logging.getLogger("msrfnet")
 
-NAMES = {True: "MSRF-Net nuclei segmentation", False: "MSRF-Net segmentation"}  # shipped or not
+NAMES = dict(zip((True, False), PACKAGE_NAMES))  # the package's name: shipped weights or not
 NEEDS = "msrf export --bioimageio needs bioimageio.core: pip install -e '.[bioimageio]'"
-#: the real (CC0) image of the test tensors and the cover: fluorescence nuclei of the test split
-SAMPLE = "test/images/449a9c32e53a37c8a86e01c199155c8da3958b631088e10f6fe43c2119defe51.png"
-PAPER = (
-    "Srivastava A, Jha D, Chanda S, Pal U, Johansen HD, Johansen D, Riegler MA, Ali S, "
-    "Halvorsen P. MSRF-Net: A Multi-Scale Residual Fusion Network for Biomedical Image "
-    "Segmentation. IEEE Journal of Biomedical and Health Informatics, 2022."
-)
-DOI = "10.1109/JBHI.2021.3138024"
-TAGS = [
-    "segmentation",
-    "semantic-segmentation",
-    "2d",
-    "onnx",
-    "torchscript",
-    "pytorch",
-    "msrf-net",
-    "msrfnet",
-]
-NUCLEI_TAGS = ["nuclei", "fluorescence-light-microscopy", "brightfield", "histology"]
-
-SHIPPED_FACTS = {
-    "data": "2018 Data Science Bowl stage1_train nuclei images (BBBC038v1, Caicedo et al., "
-    "Nature Methods 2019), licence **CC0 1.0**: 670 fluorescence and brightfield/H&E "
-    "images, seeded random split 536 / 67 / 67 (train / val / test).",
-    "validation": "On the 67 test images at 256² (threshold 0.5): mean per-image DSC **0.9176**, "
-    "pooled mIoU 0.8478, recall 0.9334, precision 0.9025 (the paper reports DSC "
-    "0.9224 on its own split). The ONNX graph equals PyTorch to 4e-6 on real images.",
-    "licence": "Code and weights: MIT (msrfnet). Training data: CC0 1.0. Not for clinical use.",
+#: role → file name of each file a package holds besides rdf.yaml (and msrfnet.pt, the TorchScript
+#: weights); all of them in msrfnet.export.destination.PACKAGE_FILES, which guards a replacement
+SOURCES = {
+    "onnx": "msrfnet.onnx",
+    "readme": "README.md",
+    "cover": "cover.png",
+    "test_input": "test_input.npy",
+    "sample_input": "sample_input.tif",
+    "test_output": "test_output.npy",
+    "sample_output": "sample_output.tif",
 }
-OTHER_FACTS = {
-    "data": "Not recorded: these are not the weights msrfnet ships. Describe the training data "
-    "and its licence here before sharing the package.",
-    "validation": "Not recorded by this package: see the run that trained the weights.",
-    "licence": "Code: MIT (msrfnet). Weights: MIT unless their training data says otherwise.",
-}
-
-README = """# {name}
-
-MSRF-Net (Srivastava et al., IEEE JBHI 2022, doi:{doi}): one probability map per image.
-Packaged by msrfnet from `{weights}` (sha256 {sha}). Weights formats: {formats}.
-
-## How to use: input size and scale
-
-- Input `image`: **uint8 RGB**, axes batch, channel (r, g, b), y, x. A grey image: repeat it
-  into three channels; 16-bit or float: stretch min–max to 0–255 first.
-- **Resize the whole image to {size}×{size}** (Pillow Lanczos), **not keeping the aspect ratio**:
-  the training protocol squashes every image to {size}² whatever its shape, so the model knows
-  nuclei at the scale they have after that resize (the 2018 DSB images are 256×256 to 1040×1388
-  pixels). Do not tile a large image at its native resolution. The graph accepts any height and
-  width that are multiples of 8 (≥ 64), but it is validated at {size}² only.
-- Do not normalise: the [0, 1] scaling and the Canny edge map (thresholds {low}, {high}: the
-  network's second input in the paper) are computed inside the model. The Canny hysteresis runs a
-  fixed {steps} steps in these graphs (enough at 256²; an edge chain that needs more on a much
-  larger image is cut short).
-- Output `probability`: float32, batch × 1 × y × x, in [0, 1]. Mask = probability ≥ **{thr}**
-  (the threshold of the reported metrics); resize it back to the original image size.
-
-## Training data
-
-{data}
-
-## Validation
-
-{validation} The test tensors and the cover come from a test-split image ({sample}…, not seen in
-training); `bioimageio test` reproduces the test output with every weights format (rtol and atol
-1e-3) and runs the model at several sizes and batch sizes.
-
-## Licence
-
-{licence}
-
-## Model card
-
-{card}
-
-## Citation
-
-{paper} doi:{doi}
-"""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _is_ours(path: Path) -> bool:
-    """Whether ``path`` (folder or zip) is an earlier package of this module: its rdf.yaml has
-    one of our names."""
-    import yaml
-
-    try:
-        if path.is_dir():
-            text = (path / "rdf.yaml").read_text(encoding="utf-8")
-        else:
-            with zipfile.ZipFile(path) as z:
-                text = z.read("rdf.yaml").decode("utf-8")
-        rdf = yaml.safe_load(text)
-    except (OSError, KeyError, zipfile.BadZipFile, yaml.YAMLError, UnicodeDecodeError):
-        return False
-    return isinstance(rdf, dict) and rdf.get("name") in NAMES.values()
-
-
-def _card(path: Path) -> str:
-    """The shipped weights' model card, its headings demoted under the README's "Model card"."""
-    text = re.sub(r"^#", "###", path.read_text(encoding="utf-8"), flags=re.MULTILINE)
-    return (
-        "(It describes the PyTorch weights; in this package the Canny map and the scaling are "
-        "inside the model.)\n\n" + text
-    )
 
 
 def _check_onnx(session, path: Path, config) -> None:
@@ -202,63 +95,134 @@ def _torchscript(weights_path: Path, config, example: np.ndarray, path: Path) ->
         torch.jit.trace(module, torch.from_numpy(example), check_trace=False).save(str(path))
 
 
-def _describe(
-    v,
-    files: dict[str, Path],
-    *,
-    name: str,
-    shipped: bool,
-    size: int,
-    opset: int,
-    torch_version: str | None,
-):
-    """The :class:`ModelDescr` of ``files`` (absolute paths; the save copies them)."""
-    image = v.TensorId("image")
-    axes_in = [v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier(c) for c in "rgb"])]
-    axes_out = [v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier("probability")])]
-    for a in (v.AxisId("y"), v.AxisId("x")):
-        axes_in.append(v.SpaceInputAxis(id=a, size=v.ParameterizedSize(min=64, step=8)))
-        axes_out.append(v.SpaceOutputAxis(id=a, size=v.SizeReference(tensor_id=image, axis_id=a)))
-    weights = {"onnx": v.OnnxWeightsDescr(source=files["onnx"], opset_version=opset)}
-    if torch_version:  # no `parent`: traced from the PyTorch module, not converted from the ONNX
-        weights["torchscript"] = v.TorchscriptWeightsDescr(
-            source=files["torchscript"],
-            pytorch_version=v.Version(torch_version),
-            comment="torch.jit.trace of the module the ONNX graph was exported from",
-        )
-    what = "nuclei " if shipped else ""
-    return v.ModelDescr(
-        name=name,
-        description=f"MSRF-Net {what}segmentation: uint8 RGB resized to {size}x{size} in, "
-        f"{what}probability out (the Canny edge input is computed in the graph).",
-        authors=[v.Author(name="msrfnet contributors")],
-        cite=[v.CiteEntry(text=PAPER, doi=v.Doi(DOI))],
-        license=v.LicenseId("MIT"),
-        tags=(NUCLEI_TAGS if shipped else []) + TAGS,
-        documentation=v.FileDescr(source=files["readme"]),
-        covers=[v.FileDescr(source=files["cover"])],
-        inputs=[
-            v.InputTensorDescr(
-                id=image,
-                axes=axes_in,
-                description=f"RGB uint8, resized to {size}x{size} (aspect ratio not kept)",
-                test_tensor=v.FileDescr(source=files["test_input"]),
-                sample_tensor=v.FileDescr(source=files["sample_input"]),
-                data=v.IntervalOrRatioDataDescr(type="uint8", range=(0, 255)),
-            )
-        ],
-        outputs=[
-            v.OutputTensorDescr(
-                id=v.TensorId("probability"),
-                axes=axes_out,
-                description=f"{what}probability in [0, 1] (mask: probability >= threshold)",
-                test_tensor=v.FileDescr(source=files["test_output"]),
-                sample_tensor=v.FileDescr(source=files["sample_output"]),
-                data=v.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
-            )
-        ],
-        weights=v.WeightsDescr(**weights),
+def _require_extras() -> None:
+    """bioimageio.spec (with tifffile), onnx and onnxruntime, or one line naming the extra."""
+    try:
+        import bioimageio.spec.model.v0_5  # noqa: F401
+        import tifffile  # noqa: F401  (a dependency of bioimageio.spec)
+        from bioimageio import spec  # noqa: F401
+    except ImportError as error:
+        raise MSRFError(f"{NEEDS} ({first_line(error)})") from None
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as error:
+        raise MSRFError(
+            f"msrf export --bioimageio needs onnx and onnxruntime: pip install -e "
+            f"'.[onnx,bioimageio]' ({first_line(error)})"
+        ) from None
+
+
+@dataclass(frozen=True)
+class _Package:
+    """What goes into a package, planned before anything is written."""
+
+    onnx_path: Path
+    weights_path: Path
+    config: object  # the weights' msrfnet.config.Config
+    sha: str  # the weights file's SHA-256
+    shipped: bool  # the weights msrfnet ships (their model card and validation go in the README)
+    opset: int
+    rgb: np.ndarray  # the sample image resized to the model size (H×W×3 uint8)
+    x: np.ndarray  # the test input, 1×3×H×W uint8
+    y: np.ndarray  # onnxruntime's output for it, 1×1×H×W float32
+    torchscript: bool
+
+
+def _plan(onnx_path: Path, weights_path: Path, config, torchscript: bool) -> _Package:
+    """Check the ONNX model and run it on the sample image: the :class:`_Package` to build."""
+    import onnx
+    import onnxruntime as ort
+
+    for path in (onnx_path, weights_path):
+        if not path.is_file():
+            raise MSRFError(f"{path}: no such file")
+    sha = file_digest(weights_path)
+    shipped = SHIPPED_WEIGHTS.is_file() and sha == file_digest(SHIPPED_WEIGHTS)
+    opset = next(
+        o.version
+        for o in onnx.load(str(onnx_path), load_external_data=False).opset_import
+        if o.domain in ("", "ai.onnx")
     )
+    rgb = resize_image(read_image(sample_root() / SAMPLE), config.image_size)
+    x = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None])  # 1×3×H×W uint8
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    _check_onnx(session, onnx_path, config)
+    log.info("bioimageio: running %s on the sample image", onnx_path.name)
+    y = session.run(["probability"], {"image": x})[0].astype(np.float32)
+    return _Package(onnx_path, weights_path, config, sha, shipped, opset, rgb, x, y, torchscript)
+
+
+def _write_sources(package: _Package, src: Path) -> tuple[dict[str, Path], str | None]:
+    """Every file of the package into ``src``; (their paths by role, the TorchScript weights'
+    torch version or None)."""
+    import tifffile
+
+    src.mkdir()
+    files = {k: src / f for k, f in SOURCES.items()}
+    shutil.copyfile(package.onnx_path, files["onnx"])
+    x, y, rgb = package.x, package.y, package.rgb
+    np.save(files["test_input"], x)
+    np.save(files["test_output"], y)
+    tifffile.imwrite(files["sample_input"], x, photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(files["sample_output"], y)
+    mask = y[0, 0] >= package.config.threshold  # cover: image | image with the predicted mask
+    files["cover"].write_bytes(encode_png(np.concatenate([rgb, draw_overlay(rgb, mask)], 1)))
+    torch_version = None
+    if package.torchscript:
+        import torch
+
+        log.info("bioimageio: tracing the TorchScript weights")
+        files["torchscript"] = src / "msrfnet.pt"
+        _torchscript(package.weights_path, package.config, x, files["torchscript"])
+        torch_version = torch.__version__.split("+")[0]
+    readme = readme_text(
+        shipped=package.shipped,
+        weights_name=package.weights_path.name,
+        sha=package.sha,
+        config=package.config,
+        opset=package.opset,
+        torch_version=torch_version,
+    )
+    files["readme"].write_text(readme, encoding="utf-8")
+    return files, torch_version
+
+
+def _build(package: _Package, work: Path, out: Path) -> Path:
+    """Write the package's files into ``work`` and save the package there (a zip when ``out``
+    ends with ``.zip``, else a folder); returns the saved package's path."""
+    import bioimageio.spec.model.v0_5 as v
+    from bioimageio import spec
+
+    files, torch_version = _write_sources(package, work / "src")
+    try:
+        descr = describe(
+            v,
+            files,
+            name=NAMES[package.shipped],
+            shipped=package.shipped,
+            size=package.config.image_size,
+            opset=package.opset,
+            torch_version=torch_version,
+        )
+    except ValueError as error:  # pydantic's ValidationError: say its first error
+        first = error.errors()[0] if hasattr(error, "errors") else None
+        why = f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else first_line(error)
+        raise MSRFError(f"{out}: bioimageio.spec refuses the package: {why}") from None
+    if out.suffix.lower() == ".zip":
+        return Path(spec.save_bioimageio_package(descr, output_path=work / "package.zip"))
+    return Path(spec.save_bioimageio_package_as_folder(descr, output_path=work / "package"))
+
+
+@contextlib.contextmanager
+def _work_folder(beside: Path):
+    """A temporary folder next to ``beside`` (same file system: the result is renamed), removed
+    afterwards."""
+    work = Path(tempfile.mkdtemp(prefix=f".{beside.name}.", dir=beside.parent))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def package_bioimageio(
@@ -275,138 +239,42 @@ def package_bioimageio(
     or a zip when ``out`` ends with ``.zip``. ``torchscript`` adds a traced second format.
     Progress is logged at INFO.
 
-    Built in a temporary folder next to ``out``, then renamed onto it. An existing ``out`` is
-    replaced only with ``overwrite`` and only when it is an earlier package of this function.
+    ``out`` is checked first (:func:`msrfnet.export.destination.check_destination`). A zip is
+    written as any export file: atomically, recorded in its folder's manifest, an earlier one
+    replaced only with ``overwrite``. A folder is built in a temporary folder next to ``out``,
+    then renamed onto it; an existing folder is replaced only with ``overwrite`` and only when it
+    is an earlier package of this function holding nothing else.
 
     Raises:
         MSRFError: bioimageio.core missing, an ``out`` that may not be written, an ONNX model that
             is not the single-input one, or a package that bioimageio.spec refuses.
     """
-    try:
-        import bioimageio.spec.model.v0_5 as v
-        import tifffile  # a dependency of bioimageio.spec
-        from bioimageio import spec
-    except ImportError as error:
-        raise MSRFError(f"{NEEDS} ({first_line(error)})") from None
-    try:
-        import onnx
-        import onnxruntime as ort
-    except ImportError as error:
-        raise MSRFError(
-            f"msrf export --bioimageio needs onnx and onnxruntime: pip install -e "
-            f"'.[onnx,bioimageio]' ({first_line(error)})"
-        ) from None
-
+    _require_extras()
     onnx_path, out, weights_path = Path(onnx_path), Path(out), Path(weights_path)
-    if out.exists() and not (overwrite and _is_ours(out)):
-        why = (
-            "exists (pass overwrite to replace it)"
-            if _is_ours(out)
-            else "exists and is not an msrf bioimage.io package; choose another path"
-        )
-        raise MSRFError(f"{out}: {why}")
-    for path in (onnx_path, weights_path):
-        if not path.is_file():
-            raise MSRFError(f"{path}: no such file")
-    sha = _sha256(weights_path)
-    shipped = SHIPPED_WEIGHTS.is_file() and sha == _sha256(SHIPPED_WEIGHTS)
-    opset = next(
-        o.version
-        for o in onnx.load(str(onnx_path), load_external_data=False).opset_import
-        if o.domain in ("", "ai.onnx")
+    destination = check_destination(
+        out,
+        "bioimageio",
+        inputs=[weights_path.parent],
+        overwrite=overwrite,
+        option="--bioimageio",
     )
-    rgb = resize_image(read_image(sample_root() / SAMPLE), config.image_size)
-    x = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None])  # 1×3×H×W uint8
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    _check_onnx(session, onnx_path, config)
-    log.info("bioimageio: running %s on the sample image", onnx_path.name)
-    y = session.run(["probability"], {"image": x})[0].astype(np.float32)
+    package = _plan(onnx_path, weights_path, config, torchscript)
+    if destination.folder is not None:  # a zip: one file, as any export
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        src = work / "src"
-        src.mkdir()
-        files = {
-            k: src / f
-            for k, f in [
-                ("onnx", "msrfnet.onnx"),
-                ("readme", "README.md"),
-                ("cover", "cover.png"),
-                ("test_input", "test_input.npy"),
-                ("sample_input", "sample_input.tif"),
-                ("test_output", "test_output.npy"),
-                ("sample_output", "sample_output.tif"),
-            ]
-        }
-        shutil.copyfile(onnx_path, files["onnx"])
-        np.save(files["test_input"], x)
-        np.save(files["test_output"], y)
-        tifffile.imwrite(files["sample_input"], x, photometric="rgb", planarconfig="separate")
-        tifffile.imwrite(files["sample_output"], y)
-        mask = y[0, 0] >= config.threshold  # cover: image | image with the predicted mask
-        files["cover"].write_bytes(encode_png(np.concatenate([rgb, draw_overlay(rgb, mask)], 1)))
-        torch_version = None
-        if torchscript:
-            import torch
+        def write(tmp: str) -> None:
+            with _work_folder(Path(tmp)) as work:
+                shutil.move(_build(package, work, out), tmp)
 
-            log.info("bioimageio: tracing the TorchScript weights")
-            files["torchscript"] = src / "msrfnet.pt"
-            _torchscript(weights_path, config, x, files["torchscript"])
-            torch_version = torch.__version__.split("+")[0]
-        name = NAMES[shipped]
-        files["readme"].write_text(
-            README.format(
-                name=name,
-                doi=DOI,
-                weights=weights_path.name,
-                sha=sha,
-                size=config.image_size,
-                formats=f"ONNX (opset {opset})"
-                + (f", TorchScript (torch {torch_version})" if torch_version else ""),
-                low=config.canny_low,
-                high=config.canny_high,
-                steps=EXPORT_HYSTERESIS_ITERATIONS,
-                thr=config.threshold,
-                sample=Path(SAMPLE).name[:8],
-                paper=PAPER,
-                card=_card(SHIPPED_WEIGHTS.parent / "MODEL_CARD.md")
-                if shipped
-                else "Not recorded: not the weights msrfnet ships.",
-                **(SHIPPED_FACTS if shipped else OTHER_FACTS),
-            ),
-            encoding="utf-8",
-        )
+        destination.write_file(write)
+    else:
         try:
-            descr = _describe(
-                v,
-                files,
-                name=name,
-                shipped=shipped,
-                size=config.image_size,
-                opset=opset,
-                torch_version=torch_version,
-            )
-        except ValueError as error:  # pydantic's ValidationError: say its first error
-            first = error.errors()[0] if hasattr(error, "errors") else None
-            why = (
-                f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
-                if first
-                else first_line(error)
-            )
-            raise MSRFError(f"{out}: bioimageio.spec refuses the package: {why}") from None
-        if out.suffix.lower() == ".zip":
-            built = spec.save_bioimageio_package(descr, output_path=work / "package.zip")
-        else:
-            built = spec.save_bioimageio_package_as_folder(descr, output_path=work / "package")
-        if out.exists():  # overwrite: our own earlier package, moved away just before
-            out.rename(work / "old")
-        Path(built).rename(out)
-    except OSError as error:
-        from msrfnet.safe_output import io_error
-
-        raise io_error(out, error) from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with _work_folder(out) as work:
+                built = _build(package, work, out)
+                if out.exists():  # overwrite: our own earlier package, moved away just before
+                    out.rename(work / "old")
+                built.rename(out)
+        except OSError as error:
+            raise io_error(out, error) from None
     log.info("bioimageio: wrote %s", out)
     return out

@@ -23,15 +23,17 @@ Every export is verified before it is kept: onnxruntime against PyTorch on rando
 export size (batch 1) and at 40×56 (batch 2); the largest difference of the four outputs'
 probabilities must be ≤ 1e-4.
 
-The file is written to a temporary name and renamed, recorded in its folder's manifest; it may
-not go into the weights' folder, onto a folder, or over a file msrf did not write, and replaces an
-earlier export only with ``overwrite`` (:func:`msrfnet.safe_output.file_target`).
+The file is written to a temporary name and renamed, recorded in its folder's manifest; it must
+be named ``.onnx``, may not go into the weights' folder, onto a folder, or over a file msrf did not
+write, and replaces an earlier export only with ``overwrite``: checked before anything is exported
+(:func:`msrfnet.export.destination.check_destination`).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +41,11 @@ import numpy as np
 from msrfnet.accel.cpu import flush_denormals
 from msrfnet.data import read_image, resize_image, sample_root
 from msrfnet.errors import MSRFError, first_line
+from msrfnet.export.destination import check_destination
 from msrfnet.model.loading import load_model
 from msrfnet.model.pipeline import EXPORT_HYSTERESIS_ITERATIONS, ImageToProbability
 from msrfnet.model.upsampling import freeze_upsampling
 from msrfnet.options import check_image_size
-from msrfnet.safe_output import file_target
 from msrfnet.version import __version__
 from msrfnet.weights.resolve import resolve_weights
 
@@ -57,6 +59,7 @@ __all__ = [
     "MIN_OPSET",
     "verify",
     "verify_single_input",
+    "export_metadata",
     "export_onnx",
 ]
 
@@ -252,6 +255,94 @@ def verify_single_input(net, cfg, path: str | Path, image_size: int, name=None) 
     return diff
 
 
+def export_metadata(
+    cfg, image_size: int, source_weights: str, single_input: bool
+) -> dict[str, str]:
+    """The ``metadata_props`` of an export of weights whose config is ``cfg`` (see the module
+    docstring): what a consumer needs to prepare its inputs and read the outputs."""
+    import torch
+
+    metadata = {
+        "image_size": image_size,
+        "canny_low": cfg.canny_low,
+        "canny_high": cfg.canny_high,
+        "threshold": cfg.threshold,
+        "normalize": cfg.normalize,  # 16-bit/float images to uint8 (msrfnet.data.io.to_uint8)
+        "variant": cfg.variant,
+        "num_classes": cfg.num_classes,
+        "msrfnet_version": __version__,
+        "torch_version": torch.__version__,
+        "source_weights": source_weights,
+        "preprocessing": (
+            "RGB uint8 -> Pillow Lanczos resize to image_size x image_size -> image = RGB/255 "
+            "(NCHW float32); canny = (cv2.Canny(resized RGB uint8, canny_low, canny_high) > 0) as "
+            "float32 {0,1}, Bx1xHxW; mask = sigmoid(final) >= threshold"
+        ),
+    }
+    if single_input:
+        metadata["inputs"] = "image: uint8 N x 3 x H x W RGB (H, W multiples of 8) at image_size"
+        metadata["preprocessing"] = (
+            "RGB uint8 -> Pillow Lanczos resize to image_size x image_size -> image (uint8 NCHW); "
+            "the Canny map and the [0, 1] scaling are computed in the graph; "
+            "mask = probability >= threshold"
+        )
+    return {k: str(v) for k, v in metadata.items()}
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One export, planned: the model to trace (``graph``: built with the asked up-convolutions),
+    the one it is verified against (``reference``), and what goes into the file."""
+
+    graph: object
+    reference: object
+    cfg: object
+    image_size: int
+    opset: int
+    metadata: dict[str, str]
+    name: Path  # what the messages call the file (the user's ``out``, not the temporary name)
+
+
+def _write_single_input(job: _Job, tmp: str) -> tuple[str, float]:
+    """The one-input graph into ``tmp``, finished and verified; (exporter used, largest diff)."""
+    with flush_denormals():
+        _export_single_input(job.graph, job.cfg, tmp, job.image_size, job.opset)
+    _finish(tmp, {**job.metadata, "exporter": "torchscript", "opset": str(job.opset)})
+    worst = verify_single_input(job.reference, job.cfg, tmp, job.image_size, name=job.name)
+    return f"torchscript exporter, opset {job.opset}, one input", worst
+
+
+def _write_two_inputs(job: _Job, tmp: str) -> tuple[str, float]:
+    """The two-input graph into ``tmp`` with the TorchScript exporter, else the dynamo one;
+    finished and verified; (exporter used, largest diff)."""
+    args = _example(1, job.image_size, job.image_size)
+    errors = []
+    for name, fn, opset in (
+        ("torchscript", _export_torchscript, job.opset),
+        ("dynamo", _export_dynamo, max(job.opset, 18)),
+    ):
+        try:
+            with flush_denormals():  # only speeds up the tracing forward on a CPU
+                fn(job.graph, args, tmp, opset)
+        except OSError:  # the disk, not the exporter: one line from safe_output
+            raise
+        except Exception as e:  # any exporter failure: try the other one
+            first = first_line(e)
+            errors.append(f"{name}: {type(e).__name__}: {first}")
+            log.warning(
+                "ONNX export with the %s exporter failed (%s)%s",
+                name,
+                first,
+                "; trying torch.export (dynamo=True)" if name == "torchscript" else "",
+            )
+            continue
+        _finish(tmp, {**job.metadata, "exporter": name, "opset": str(opset)})
+        return f"{name} exporter, opset {opset}", verify(
+            job.reference, tmp, job.image_size, name=job.name
+        )
+    raise MSRFError("ONNX export failed: " + " | ".join(errors))
+
+
 def export_onnx(
     weights: str | Path | None = None,
     out: str | Path = "msrfnet.onnx",
@@ -266,6 +357,10 @@ def export_onnx(
     """Export the weights to ONNX at ``out`` (see the module docstring), verified; returns ``out``.
     Says which weights, what was written and how it verified in log lines (INFO); ``result_name``
     is what they call the file instead of ``wrote OUT`` (a temporary file, say).
+
+    ``out`` is checked first (:func:`msrfnet.export.destination.check_destination`: an ``.onnx``
+    name, not beside the weights, not over a file msrf did not write, writable), before the
+    weights are loaded.
 
     ``image_size``: the model input size recorded in the file and used for tracing and
     verification (default: the checkpoint's, the size the weights were trained at; the graph
@@ -284,106 +379,42 @@ def export_onnx(
         MSRFError: unusable weights or options, an ``out`` that may not be written (see the module
             docstring), an I/O error, or an export that fails or does not verify.
     """
-    import torch
-
     if opset < MIN_OPSET:
         raise MSRFError(f"opset {opset}: must be at least {MIN_OPSET}")
     if image_size is not None:
         check_image_size(image_size)
     path = resolve_weights(weights, prefer_runs=False, announce=True)
-    target, name = file_target(out, "msrf export", inputs=[path.parent], overwrite=overwrite)
+    destination = check_destination(out, "onnx", inputs=[path.parent], overwrite=overwrite)
     model, cfg, _ = load_model(path, map_location="cpu")
-    image_size = check_image_size(image_size or cfg.image_size)
-    model = reference = model.float().eval().requires_grad_(False)
-    if upsampling != model.upsampling:
-        model = model.rebuild(upsampling=upsampling).requires_grad_(False)
-        freeze_upsampling(model)  # the sub-pixel weights as constants of the graph
-    args = _example(1, image_size, image_size)
+    size = check_image_size(image_size or cfg.image_size)
+    reference = graph = model.float().eval().requires_grad_(False)
+    if upsampling != reference.upsampling:
+        graph = reference.rebuild(upsampling=upsampling).requires_grad_(False)
+        freeze_upsampling(graph)  # the sub-pixel weights as constants of the graph
     out = Path(out)
-    metadata = {
-        "image_size": image_size,
-        "canny_low": cfg.canny_low,
-        "canny_high": cfg.canny_high,
-        "threshold": cfg.threshold,
-        "normalize": cfg.normalize,  # 16-bit/float images to uint8 (msrfnet.data.io.to_uint8)
-        "variant": cfg.variant,
-        "num_classes": cfg.num_classes,
-        "msrfnet_version": __version__,
-        "torch_version": torch.__version__,
-        "source_weights": path.name,
-        "preprocessing": (
-            "RGB uint8 -> Pillow Lanczos resize to image_size x image_size -> image = RGB/255 "
-            "(NCHW float32); canny = (cv2.Canny(resized RGB uint8, canny_low, canny_high) > 0) as "
-            "float32 {0,1}, Bx1xHxW; mask = sigmoid(final) >= threshold"
-        ),
-    }
-    used: list[str] = []
-    worst = [0.0]
-
-    if single_input:
-        metadata["inputs"] = "image: uint8 N x 3 x H x W RGB (H, W multiples of 8) at image_size"
-        metadata["preprocessing"] = (
-            "RGB uint8 -> Pillow Lanczos resize to image_size x image_size -> image (uint8 NCHW); "
-            "the Canny map and the [0, 1] scaling are computed in the graph; "
-            "mask = probability >= threshold"
-        )
-
-    def write(tmp: str) -> None:
-        if single_input:
-            with flush_denormals():
-                _export_single_input(model, cfg, tmp, image_size, opset)
-            used.append(f"torchscript exporter, opset {opset}, one input")
-            metadata["exporter"], metadata["opset"] = "torchscript", opset
-            _finish(tmp, {k: str(v) for k, v in metadata.items()})
-            worst[0] = verify_single_input(reference, cfg, tmp, image_size, name=out)
-            return
-        errors = []
-        for name, fn, opset_used in (
-            ("torchscript", _export_torchscript, opset),
-            ("dynamo", _export_dynamo, max(opset, 18)),
-        ):
-            try:
-                with flush_denormals():  # only speeds up the tracing forward on a CPU
-                    fn(model, args, tmp, opset_used)
-            except OSError:  # the disk, not the exporter: one line from safe_output
-                raise
-            except Exception as e:  # any exporter failure: try the other one
-                first = first_line(e)
-                errors.append(f"{name}: {type(e).__name__}: {first}")
-                log.warning(
-                    "ONNX export with the %s exporter failed (%s)%s",
-                    name,
-                    first,
-                    "; trying torch.export (dynamo=True)" if name == "torchscript" else "",
-                )
-                continue
-            used.append(f"{name} exporter, opset {opset_used}")
-            metadata["exporter"] = name
-            metadata["opset"] = opset_used
-            _finish(tmp, {k: str(v) for k, v in metadata.items()})
-            worst[0] = verify(reference, tmp, image_size, name=out)
-            return
-        raise MSRFError("ONNX export failed: " + " | ".join(errors))
-
-    target.write_file(name, write)
+    metadata = export_metadata(cfg, size, path.name, single_input)
+    job = _Job(graph, reference, cfg, size, opset, metadata, out)
+    write = _write_single_input if single_input else _write_two_inputs
+    result: list[tuple[str, float]] = []
+    destination.write_file(lambda tmp: result.append(write(job, tmp)))
+    used, worst = result[0]
     log.info(
         "%s (%.1f MiB; %s; dynamic batch/height/width, height and width multiples of 8; "
         "example size %d)",
         result_name or f"wrote {out}",
         out.stat().st_size / 2**20,
-        used[0],
-        image_size,
+        used,
+        size,
     )
     where = (
         "2 sample images, one input"
         if single_input
-        else f"1x3x{image_size}x{image_size} and "
-        f"{CHECK_SHAPE[0]}x3x{CHECK_SHAPE[1]}x{CHECK_SHAPE[2]}"
+        else f"1x3x{size}x{size} and {CHECK_SHAPE[0]}x3x{CHECK_SHAPE[1]}x{CHECK_SHAPE[2]}"
     )
     log.info(
         "verified with onnxruntime at %s: max probability difference %.1e (tolerance %g)",
         where,
-        worst[0],
+        worst,
         TOLERANCE,
     )
     return out

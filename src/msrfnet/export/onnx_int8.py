@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +34,10 @@ from msrfnet.data import read_image, sample_root
 from msrfnet.data.files import is_image_file, list_image_files
 from msrfnet.data.preprocess import model_inputs
 from msrfnet.errors import MSRFError, first_line
+from msrfnet.export.destination import check_destination
 from msrfnet.export.onnx import export_onnx
 from msrfnet.model.msrfnet import scale_pixels
 from msrfnet.options import check_image_size
-from msrfnet.safe_output import file_target
 from msrfnet.weights.resolve import resolve_weights
 
 __all__ = [
@@ -196,46 +197,21 @@ def _session(path: str | Path, name: str | Path):
         raise MSRFError(f"{name}: not a loadable ONNX model ({first})") from e
 
 
-def quantize_onnx(
-    fp32_onnx_path: str | Path,
-    out_path: str | Path,
-    calibration: str | Path | Sequence[str | Path],
-    image_size: int | None = None,
-    canny_low: float | None = None,
-    canny_high: float | None = None,
-    n: int = DEFAULT_COUNT,
-    method: str = "minmax",
-    overwrite: bool = False,
-) -> Path:
-    """Quantize an ``msrf export`` model to int8 at ``out_path`` (see the module docstring);
-    ``out_path`` is checked as :func:`msrfnet.safe_output.file_target` says once the inputs are
-    (not the source, not in the calibration folder; an earlier export replaced only with
-    ``overwrite``).
+@dataclass(frozen=True)
+class _Source:
+    """A float32 ``msrf export`` read for quantization: the model and its metadata."""
 
-    ``image_size``/``canny_*`` default to the model's metadata (the calibration inputs must be
-    prepared as at inference). The metadata is kept, plus a ``quantization`` entry. The result is
-    loaded and run once before it is kept; returns ``out_path``.
+    path: Path
+    model: object  # onnx.ModelProto
+    metadata: dict[str, str]
 
-    Raises:
-        MSRFError: a missing or unreadable model or calibration image, bad options, or a result
-            that does not load or gives non-finite outputs (one line naming the file).
-    """
+
+def _read_source(src: Path) -> _Source:
+    """Load ``src`` and refuse what is not a float two-input ``msrf export``."""
     import onnx
-    import onnxruntime as ort
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    src, out = Path(fp32_onnx_path), Path(out_path)
     if not src.is_file():
         raise MSRFError(f"{src}: no such ONNX file")
-    if method.lower() not in METHODS:
-        raise MSRFError(f"calibration method {method!r}: choose one of {', '.join(METHODS)}")
     try:
         model = onnx.load(str(src))
     except Exception as e:  # protobuf/onnx decode errors
@@ -250,22 +226,38 @@ def quantize_onnx(
         for n in model.graph.node
     ):
         raise MSRFError(f"{src}: already quantized; quantize the float32 export")
-    meta = {p.key: p.value for p in model.metadata_props}
+    return _Source(src, model, {p.key: p.value for p in model.metadata_props})
+
+
+def _preprocessing(source: _Source, image_size, canny_low, canny_high) -> tuple[int, float, float]:
+    """The calibration inputs' size and Canny thresholds: as given, else the model's metadata."""
+    meta = source.metadata
     try:
         size = check_image_size(int(image_size if image_size is not None else meta["image_size"]))
         low = float(canny_low if canny_low is not None else meta["canny_low"])
         high = float(canny_high if canny_high is not None else meta["canny_high"])
     except KeyError as e:
-        raise MSRFError(f"{src}: no {e.args[0]} in the model's metadata; pass it explicitly") from e
-    files = calibration_files(calibration, n)
-    if out.resolve() == src.resolve():
         raise MSRFError(
-            f"{out}: is the model being quantized; write the int8 model to another file"
-        )
-    target, name = file_target(
-        out, "msrf export --int8", inputs=calibration_folders(calibration), overwrite=overwrite
+            f"{source.path}: no {e.args[0]} in the model's metadata; pass it explicitly"
+        ) from e
+    return size, low, high
+
+
+def _quantize_into(
+    source: _Source, tmp: str, feeds: list[dict[str, np.ndarray]], method: str, description: str
+) -> None:
+    """Pre-process, fold the pads, quantize (QDQ, calibrated on ``feeds``) into ``tmp`` with the
+    source's metadata plus ``quantization``."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
     )
-    feeds = calibration_inputs(files, size, low, high)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -274,58 +266,98 @@ def quantize_onnx(
         def get_next(self):
             return next(self.items, None)
 
+    # onnxruntime warns about every initializer its optimiser drops: noise for a user
+    ort.set_default_logger_severity(3)
+    with tempfile.TemporaryDirectory(prefix="msrf-quant-") as work:
+        pre, folded, quant = (str(Path(work) / f) for f in ("pre.onnx", "folded.onnx", "int8.onnx"))
+        # onnxruntime's basic optimisations (constant folding, BatchNorm into Conv) so that
+        # every conv weight is an initializer; its symbolic shape inference fails on this graph
+        quant_pre_process(str(source.path), pre, skip_symbolic_shape=True)
+        graph = onnx.load(pre)
+        fold_pads(graph)
+        onnx.save(graph, folded)
+        # the quantizer logs one root-logger warning per BatchNorm it leaves in float: noise
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(max(level, logging.ERROR))
+        try:
+            quantize_static(
+                folded,
+                quant,
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(
+                    CalibrationMethod, {"minmax": "MinMax"}.get(method, method.capitalize())
+                ),
+            )
+        finally:
+            root.setLevel(level)
+        result = onnx.load(quant)
+        del result.metadata_props[:]
+        for key, value in {**source.metadata, "quantization": description}.items():
+            result.metadata_props.add(key=key, value=value)
+        onnx.save(result, tmp)
+
+
+def quantize_onnx(
+    fp32_onnx_path: str | Path,
+    out_path: str | Path,
+    calibration: str | Path | Sequence[str | Path],
+    image_size: int | None = None,
+    canny_low: float | None = None,
+    canny_high: float | None = None,
+    n: int = DEFAULT_COUNT,
+    method: str = "minmax",
+    overwrite: bool = False,
+) -> Path:
+    """Quantize an ``msrf export`` model to int8 at ``out_path`` (see the module docstring);
+    ``out_path`` is checked as :func:`msrfnet.export.destination.check_destination` says once the
+    inputs are (an ``.onnx`` name, not the source, not in the calibration folder; an earlier export
+    replaced only with ``overwrite``), before the calibration images are read.
+
+    ``image_size``/``canny_*`` default to the model's metadata (the calibration inputs must be
+    prepared as at inference). The metadata is kept, plus a ``quantization`` entry. The result is
+    loaded and run once before it is kept; returns ``out_path``.
+
+    Raises:
+        MSRFError: a missing or unreadable model or calibration image, bad options, or a result
+            that does not load or gives non-finite outputs (one line naming the file).
+    """
+    import onnxruntime as ort
+
+    src, out = Path(fp32_onnx_path), Path(out_path)
+    method = method.lower()
+    if method not in METHODS:
+        raise MSRFError(f"calibration method {method!r}: choose one of {', '.join(METHODS)}")
+    source = _read_source(src)
+    size, low, high = _preprocessing(source, image_size, canny_low, canny_high)
+    files = calibration_files(calibration, n)
+    if out.resolve() == src.resolve():
+        raise MSRFError(
+            f"{out}: is the model being quantized; write the int8 model to another file"
+        )
+    destination = check_destination(
+        out, "int8-onnx", inputs=calibration_folders(calibration), overwrite=overwrite
+    )
+    feeds = calibration_inputs(files, size, low, high)
     description = (
         f"int8 static QDQ (onnxruntime {ort.__version__}): per-channel int8 weights, uint8 "
-        f"activations, {method.lower()} calibration on {len(files)} images at {size}x{size}"
+        f"activations, {method} calibration on {len(files)} images at {size}x{size}"
     )
-    if model.graph.node and any(n.op_type == "DepthToSpace" for n in model.graph.node):
+    if any(n.op_type == "DepthToSpace" for n in source.model.graph.node):
         description += "; stride-2 transposed convs as conv + DepthToSpace"
 
     def write(tmp: str) -> None:
-        # onnxruntime warns about every initializer its optimiser drops: noise for a user
-        ort.set_default_logger_severity(3)
-        with tempfile.TemporaryDirectory(prefix="msrf-quant-") as work:
-            pre, folded, quant = (
-                str(Path(work) / f) for f in ("pre.onnx", "folded.onnx", "int8.onnx")
-            )
-            # onnxruntime's basic optimisations (constant folding, BatchNorm into Conv) so that
-            # every conv weight is an initializer; its symbolic shape inference fails on this graph
-            quant_pre_process(str(src), pre, skip_symbolic_shape=True)
-            graph = onnx.load(pre)
-            fold_pads(graph)
-            onnx.save(graph, folded)
-            # the quantizer logs one root-logger warning per BatchNorm it leaves in float: noise
-            root = logging.getLogger()
-            level = root.level
-            root.setLevel(max(level, logging.ERROR))
-            try:
-                quantize_static(
-                    folded,
-                    quant,
-                    Reader(),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=True,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(
-                        CalibrationMethod,
-                        {"minmax": "MinMax"}.get(method.lower(), method.capitalize()),
-                    ),
-                )
-            finally:
-                root.setLevel(level)
-            result = onnx.load(quant)
-            del result.metadata_props[:]
-            for key, value in {**meta, "quantization": description}.items():
-                result.metadata_props.add(key=key, value=value)
-            onnx.save(result, tmp)
-        session = _session(tmp, out)
-        got = session.run(None, feeds[0])
+        _quantize_into(source, tmp, feeds, method, description)
+        got = _session(tmp, out).run(None, feeds[0])
         if not all(np.isfinite(a).all() for a in got):
             raise MSRFError(f"{out}: the quantized model gives non-finite outputs; not kept")
 
     try:
-        target.write_file(name, write)
+        destination.write_file(write)
     except MSRFError:
         raise
     except Exception as e:  # the quantizer's own failures
@@ -352,9 +384,9 @@ def export_int8(
 
     calibration = default_calibration(calibration)
     weights_folder = resolve_weights(weights, prefer_runs=False).parent
-    file_target(
+    check_destination(
         out,
-        "msrf export --int8",
+        "int8-onnx",
         overwrite=overwrite,
         inputs=[weights_folder, *calibration_folders(calibration)],
     )

@@ -39,6 +39,7 @@ from torch import nn
 from msrfnet.accel.cpu import flush_denormals
 from msrfnet.accel.pt2_runner import PT2_FORMAT, contiguous_nchw
 from msrfnet.errors import MSRFError, first_line
+from msrfnet.export.destination import check_destination, check_suffix
 from msrfnet.export.onnx_int8 import (
     calibration_files,
     calibration_folders,
@@ -49,7 +50,6 @@ from msrfnet.model.loading import load_one_class_model
 from msrfnet.model.msrfnet import MSRFNet
 from msrfnet.model.upsampling import freeze_upsampling
 from msrfnet.options import check_image_size
-from msrfnet.safe_output import file_target
 
 __all__ = [
     "fold_batch_norms",
@@ -258,6 +258,47 @@ def compile_package(
         )
 
 
+def _compile_verified(
+    quantized: torch.fx.GraphModule,
+    example: tuple[torch.Tensor, torch.Tensor],
+    checks: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    metadata: dict[str, str],
+    tmp: str,
+    *,
+    name: Path,
+) -> dict[str, float]:
+    """:func:`compile_package` into ``tmp``, kept only if it agrees with ``quantized`` on
+    ``checks`` (see ``MAX_MEAN_DIFF``, ``MIN_AGREEMENT``); returns the largest mean difference
+    (``diff``) and the smallest mask agreement (``agree``). ``name`` is the file the messages
+    name."""
+    import shutil
+    import tempfile
+
+    worst = {"diff": 0.0, "agree": 1.0}
+    with (
+        tempfile.TemporaryDirectory(prefix="msrf-pt2-") as work,
+        torch.no_grad(),
+        flush_denormals(),
+    ):
+        package = str(Path(work) / "model.pt2")
+        log.info("int8: compiling with AOTInductor for this CPU (minutes on a small CPU) …")
+        compile_package(quantized, example, package, metadata)
+        compiled = torch._inductor.aoti_load_package(package)
+        for f in checks:
+            p, r = torch.sigmoid(compiled(*f)), torch.sigmoid(quantized(*f))
+            worst["diff"] = max(worst["diff"], float((p - r).abs().mean()))
+            worst["agree"] = min(worst["agree"], float(((p >= 0.5) == (r >= 0.5)).float().mean()))
+        if worst["diff"] > MAX_MEAN_DIFF or worst["agree"] < MIN_AGREEMENT:
+            raise MSRFError(
+                f"{name}: the compiled package disagrees with its quantized graph on "
+                f"calibration images (mean |Δprobability| up to {worst['diff']:.3f}, allowed "
+                f"{MAX_MEAN_DIFF}; masks equal on {worst['agree']:.1%} of the pixels, at least "
+                f"{MIN_AGREEMENT:.0%} needed); not written"
+            )
+        shutil.move(package, tmp)
+    return worst
+
+
 def export_int8_pt2(
     weights: str | Path | None = None,
     out: str | Path = "msrfnet_int8.pt2",
@@ -270,29 +311,23 @@ def export_int8_pt2(
     images of ``calibration``, default the bundled sample's training images), compile ahead of time
     for this CPU (AOTInductor, batch 1, ``image_size``², default the checkpoint's) and verify the
     package against the quantized graph on other calibration images before it is kept. ``out`` is
-    checked first as :func:`msrfnet.safe_output.file_target` says (an earlier package is replaced
-    only with ``overwrite``).
+    checked first as :func:`msrfnet.export.destination.check_destination` says (a ``.pt2``
+    name; an earlier package is replaced only with ``overwrite``), before the calibration.
 
     Raises:
         MSRFError: no torchao, unusable weights or calibration images, or a package that fails to
             build or to verify (nothing is written then).
     """
-    import shutil
-    import tempfile
     import time
 
     _require_torchao()
     out = Path(out)
-    if out.suffix != ".pt2":
-        raise MSRFError(f"{out}: an AOTInductor package needs the .pt2 suffix")
+    check_suffix(out, "int8-pt2")
     model, path, cfg = load_one_class_model(weights, prefer_runs=False)
     size = check_image_size(image_size or cfg.image_size)
     source = default_calibration(calibration)
-    target, name = file_target(
-        out,
-        "msrf export --int8",
-        overwrite=overwrite,
-        inputs=[path.parent, *calibration_folders(source)],
+    destination = check_destination(
+        out, "int8-pt2", overwrite=overwrite, inputs=[path.parent, *calibration_folders(source)]
     )
     files = calibration_files(source, n)
     feeds = calibration_feeds(files, size, cfg.canny_low, cfg.canny_high)
@@ -313,35 +348,13 @@ def export_int8_pt2(
         "torch_version": torch.__version__,
     }
     checks = feeds[1:4] or feeds[:1]  # not only the example: the stride bug above passed on it
-    worst = {"diff": 0.0, "agree": 1.0}
+    worst: dict[str, float] = {}
 
     def write(tmp: str) -> None:
-        with (
-            tempfile.TemporaryDirectory(prefix="msrf-pt2-") as work,
-            torch.no_grad(),
-            flush_denormals(),
-        ):
-            package = str(Path(work) / "model.pt2")
-            log.info("int8: compiling with AOTInductor for this CPU (minutes on a small CPU) …")
-            compile_package(quantized, feeds[0], package, metadata)
-            compiled = torch._inductor.aoti_load_package(package)
-            for f in checks:
-                p, r = torch.sigmoid(compiled(*f)), torch.sigmoid(quantized(*f))
-                worst["diff"] = max(worst["diff"], float((p - r).abs().mean()))
-                worst["agree"] = min(
-                    worst["agree"], float(((p >= 0.5) == (r >= 0.5)).float().mean())
-                )
-            if worst["diff"] > MAX_MEAN_DIFF or worst["agree"] < MIN_AGREEMENT:
-                raise MSRFError(
-                    f"{out}: the compiled package disagrees with its quantized graph on "
-                    f"calibration images (mean |Δprobability| up to {worst['diff']:.3f}, allowed "
-                    f"{MAX_MEAN_DIFF}; masks equal on {worst['agree']:.1%} of the pixels, at least "
-                    f"{MIN_AGREEMENT:.0%} needed); not written"
-                )
-            shutil.move(package, tmp)
+        worst.update(_compile_verified(quantized, feeds[0], checks, metadata, tmp, name=out))
 
     try:
-        target.write_file(name, write)
+        destination.write_file(write)
     except MSRFError:
         raise
     except Exception as e:  # export/inductor failures: one line, the traceback with --debug
