@@ -37,7 +37,6 @@ __all__ = [
     "describe_os_error",
     "io_error",
     "refuse_collisions",
-    "refuse_inside_inputs",
     "OutputFolder",
     "atomic_write",
     "file_digest",
@@ -100,12 +99,6 @@ def _real(path: str | Path) -> Path:
     """``path`` absolute with every symbolic link resolved (one that loops or leads nowhere
     stays as it is: reading it names the problem)."""
     return Path(os.path.realpath(Path(path).expanduser()))
-
-
-def refuse_inside_inputs(out: str | Path, inputs: Iterable[str | Path], option: str = "--out"):
-    """:func:`refuse_collisions` with input folders only (a thin name kept while its callers
-    move to :func:`refuse_collisions`)."""
-    refuse_collisions(out, input_folders=inputs, option=option)
 
 
 def file_digest(path: str | Path) -> str:

@@ -60,7 +60,7 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
 
 def add_instance_flags(p: argparse.ArgumentParser, what: str = "") -> None:
     """--instances, --min-size, --seed-distance (defaults: msrfnet.inference.instances)."""
-    from msrfnet.inference.instances import MIN_SIZE, SEED_DISTANCE
+    from msrfnet.option_groups import MIN_SIZE, SEED_DISTANCE
 
     p.add_argument(
         "--instances",

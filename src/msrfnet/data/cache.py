@@ -122,7 +122,7 @@ def cache_folder(root: str | Path, cache_dir: str | Path | None = None) -> Path:
 def _refuse_among_inputs(root: Path, cache_dir: str | Path) -> None:
     """Refuse, in one line, a ``--cache-dir`` that is or lies inside a split's ``images/`` or
     ``masks/`` folder: its files would lie among the inputs (beside them, in the root, is fine)."""
-    from msrfnet.safe_output import refuse_inside_inputs
+    from msrfnet.safe_output import refuse_collisions
 
     inputs = [
         folder / kind
@@ -130,7 +130,7 @@ def _refuse_among_inputs(root: Path, cache_dir: str | Path) -> None:
         for folder in split_candidates(root, split)
         for kind in ("images", "masks")
     ]
-    refuse_inside_inputs(cache_dir, inputs, option="--cache-dir")
+    refuse_collisions(cache_dir, input_folders=inputs, option="--cache-dir")
 
 
 _noted_legacy: set[Path] = set()
