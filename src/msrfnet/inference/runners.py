@@ -88,6 +88,16 @@ class TorchRunner:
     (AVX512-BF16/AMX): :func:`~msrfnet.accel.cpu.optimize_for_cpu_inference` (bf16 weights,
     sub-pixel up-convs, channels-last; ≈ 2× faster, probabilities within ~1e-2 of float32);
     ``exact=True``, or a CPU without bf16, runs float32. ``numerics`` names what runs.
+
+    Off CUDA the model runs one image per call (``per_image``), so that an image's
+    probabilities do not depend on the other images of the batch: PyTorch's CPU element-wise
+    kernels split a tensor between threads at fixed flat offsets and compute the last elements
+    before each split with a scalar tail instead of the vector body, so with batching (at 3
+    threads, say) a pixel's value depended on where in the batch its image sat, and a resumed
+    ``msrf predict --skip-existing`` rewrote a mask with different bytes; and float32
+    convolutions chose their kernels by batch size. On one thread one image per call is as fast
+    as batching, or faster (docs/PERFORMANCE.md). Results are identical for a given number of
+    threads; another number of threads changes float32's last bits (not bfloat16's, measured).
     """
 
     def __init__(self, model, device=None, exact: bool = False):
@@ -107,8 +117,17 @@ class TorchRunner:
         else:
             self.numerics = "float32"
         self.model = model
+        self.per_image = not self.cuda  # see the class docstring
 
     def __call__(self, images: np.ndarray, canny: np.ndarray) -> np.ndarray:
+        if not self.per_image or len(images) < 2:
+            return self._run(images, canny)
+        return np.concatenate(
+            [self._run(images[i : i + 1], canny[i : i + 1]) for i in range(len(images))]
+        )
+
+    def _run(self, images: np.ndarray, canny: np.ndarray) -> np.ndarray:
+        """One model call on the whole of ``images`` (B×3×S×S) → B×S×S probabilities."""
         import torch
 
         fmt = torch.channels_last if self.cuda else torch.contiguous_format
