@@ -220,13 +220,12 @@ def output_settings(model: ModelSource, tiling: Tiling, objects: Objects | None)
 
 def check_plan_memory(plan: PredictPlan) -> None:
     """Refuse, before the model loads, a ``--tile`` or ``--image-size`` this machine cannot
-    hold: ``batch_size`` windows per model call when tiling, else up to ``batch_size`` images at
-    once (the checkpoint's own size is checked when it loads, by the :class:`Segmenter`)."""
+    hold: one window at a time when tiling, else up to ``batch_size`` images at once (the
+    checkpoint's own size is checked when it loads, by the :class:`Segmenter`)."""
     size = plan.tiling.tile or plan.model.image_size
     if size is None:
         return
-    batch = plan.model.batch_size if plan.tiled else min(plan.model.batch_size, len(plan.todo))
-    batch = max(1, batch)
+    batch = 1 if plan.tiled else min(plan.model.batch_size, max(1, len(plan.todo)))
     what = "--tile" if plan.tiling.tile else "--image-size"
     device = plan.model.device if plan.model.onnx is None and plan.model.pt2 is None else None
     check_inference_memory(size, batch, what, device)
