@@ -44,7 +44,8 @@ def test_the_train_flags_are_the_declared_ones():
         else:
             assert action.type is option.rule, name
     config_only = {"edge_canny_low", "edge_canny_high", "in_channels", "num_classes", "threshold"}
-    assert set(OPTIONS) - set(declared) == config_only | {"extra"}
+    # start_weights (issue 21): a fine-tune's record of its starting weights, set by msrf train
+    assert set(OPTIONS) - set(declared) == config_only | {"extra", "start_weights"}
 
 
 def test_the_flags_names_are_the_fields_with_dashes():

@@ -30,13 +30,13 @@ __all__ = [
     "NORMALIZATIONS",
     "SCHEDULES",
     "PRECISE_BN",
+    "FREEZE",
     "PRECISIONS",
     "INFERENCE_FIELDS",
     "RESUME_CHANGEABLE",
     "OPTIONS",
     "Option",
     "Config",
-    "check_resume_changes",
 ]
 
 VARIANTS = ("official", "clean")  # the model's wirings (msrfnet.model.MSRFNet)
@@ -44,8 +44,12 @@ VARIANTS = ("official", "clean")  # the model's wirings (msrfnet.model.MSRFNet)
 #: are): "minmax" stretches each image's own range, "percentile" its 1–99.8 % range (clipped).
 NORMALIZATIONS = ("minmax", "percentile")
 SCHEDULES = ("constant", "cosine")
-#: When BN statistics are recomputed (msrfnet/train/precise_bn.py).
-PRECISE_BN = ("auto", "on", "off")
+#: When BN statistics are recomputed (msrfnet/train/precise_bn.py); "frozen" keeps the starting
+#: weights' statistics (BN layers in eval mode throughout; the fine-tune default: train/start.py).
+PRECISE_BN = ("auto", "on", "off", "frozen")
+#: What ``--freeze`` can hold fixed in a fine-tune: the encoder E1–E4 (1.2 M parameters), or the
+#: backbone, the encoder and the MSRF sub-network (22.9 M of 24.6 M; backward then skips them).
+FREEZE = ("encoder", "backbone")
 #: Lightning's precisions; "auto" = bf16-mixed on a GPU, 32 on a CPU.
 PRECISIONS = tuple("auto 32-true 32 bf16-mixed 16-mixed bf16-true 16-true 64-true 64".split())
 
@@ -204,6 +208,27 @@ class Config:
     )
     in_channels: int = _model(3, opt.positive_int, "image channels", inference=True)
     num_classes: int = _model(1, opt.positive_int, "output channels", inference=True)
+    weights: str | None = _model(
+        None,
+        opt.optional(opt.path_text),
+        "fine-tune: start from these weights (shipped, a run folder, .safetensors, .ckpt or a "
+        "Hub folder); size, Canny thresholds and normalisation then come from them unless given, "
+        "and the fine-tune defaults apply (docs/FINETUNE.md)",
+        flag="--weights",
+    )
+    start_weights: dict[str, str] | None = _model(
+        None,
+        opt.optional(opt.mapping),
+        "where a fine-tune started: the weights' file name, path and SHA-256 (set by msrf train)",
+    )
+    freeze: str | None = _model(
+        None,
+        opt.optional(opt.choice(FREEZE)),
+        "fine-tune: keep these weights and their BatchNorm statistics fixed: encoder (E1-E4) "
+        "or backbone (the encoder and the MSRF sub-network: 93 % of the weights; only the "
+        "shape stream, decoder and heads learn, and a step costs less)",
+        flag="--freeze",
+    )
     # --- optimisation
     epochs: int = _optim(
         125, opt.positive_int, "epochs (original: 125)", flag="--epochs", resume=True
@@ -228,6 +253,13 @@ class Config:
         opt.choice(SCHEDULES),
         "learning-rate schedule: constant (original) or cosine",
         flag="--schedule",
+    )
+    warmup_steps: int = _optim(
+        0,
+        opt.nonnegative_int,
+        "raise the learning rate linearly over the first N optimizer steps (default 0; "
+        "a cosine schedule then decays over the steps or --max-minutes, whichever ends first)",
+        flag="--warmup-steps",
     )
     seed: int = _optim(42, opt.seed, "random seed (default 42)", flag="--seed")
     deterministic: bool = _optim(
@@ -292,7 +324,8 @@ class Config:
         "auto",
         opt.choice(PRECISE_BN),
         "recompute BatchNorm statistics from training batches before validation: auto "
-        "(default: while the running statistics cannot have converged), on, off (original)",
+        "(default: while the running statistics cannot have converged), on, off (original); "
+        "frozen (fine-tune default): keep the starting weights' statistics, BN in eval mode",
         flag="--precise-bn",
         resume=True,
     )
@@ -302,6 +335,13 @@ class Config:
         opt.probability,
         "foreground = probability ≥ T in validation and, saved with the weights, inference",
         inference=True,
+    )
+    validate_first: bool = _output(
+        False,
+        opt.boolean,
+        "validate before the first epoch too (epoch 0 in the log, history.csv and curves.png: "
+        "where the run starts; on by default with --weights)",
+        flag="--validate-first",
     )
     out: str = _output(
         "runs", opt.path_text, "folder for run directories (default: runs)", flag="--out"
@@ -377,32 +417,6 @@ class Config:
             kind = type(data).__name__
             raise MSRFError(f"{path}: not a config (a YAML {kind}, expected option: value lines)")
         return cls.from_dict(data).validate(path)
-
-
-def check_resume_changes(saved: Config, new: Config) -> None:
-    """Refuse, naming the field, a change to a resumed run outside :data:`RESUME_CHANGEABLE`.
-
-    ``data`` may name the same folder differently; a cosine schedule fixes its length (epochs, or
-    minutes) when the run starts, so those cannot change either.
-    """
-    for name in saved.to_dict():
-        was, now = getattr(saved, name), getattr(new, name)
-        if was == now or name in RESUME_CHANGEABLE:
-            continue
-        if name == "data" and None not in (was, now) and Path(was).resolve() == Path(now).resolve():
-            continue
-        raise MSRFError(
-            f"{name}: cannot change when resuming (the run has {was!r}, asked "
-            f"{now!r}); it would change what the run learns; start a new run for it"
-        )
-    if saved.schedule == "cosine":
-        for name in ("epochs", "max_minutes"):
-            if getattr(saved, name) != getattr(new, name):
-                raise MSRFError(
-                    f"{name}: cannot change when resuming a cosine-schedule run (its "
-                    f"learning rate anneals over the {name} it started with, "
-                    f"{getattr(saved, name)!r})"
-                )
 
 
 #: Each field's :class:`Option`, in the field order.

@@ -131,6 +131,30 @@ def test_label_map_mask_with_and_without_threshold(tmp_path: Path) -> None:
     assert report.splits["train"].foreground[1] == pytest.approx(0.75)
 
 
+def test_instance_label_masks_are_stated_with_their_objects(tmp_path: Path) -> None:
+    """Issue 21, item 5: 16-bit instance label images pass without --mask-threshold, and one
+    note says that the masks are label images and how many objects they hold."""
+    root = make_dataset(tmp_path / "d", {"train": 2, "val": 1, "test": 1})
+    labels = np.zeros((40, 48), np.uint16)
+    labels[2:8, 2:8], labels[20:30, 10:20], labels[30:35, 40:46] = 1, 2, 7
+    for name in ("train/masks/s000.png", "train/masks/s001.png"):
+        (root / name).unlink()
+        save(root / name.replace(".png", ".tif"), labels)
+    report = check_data(root)
+    assert report.ok, report.problems
+    line = (
+        "masks: 2 of 4 are instance label images (16-bit ids, 0 = background), 6 objects in "
+        "all; foreground = label > 0"
+    )
+    assert report.notes == [line] and f"note: {line}" in report.format()
+    assert report.splits["train"].foreground == [pytest.approx((labels > 0).mean())] * 2
+    assert check_data(root, mask_threshold=0).notes == []  # a threshold: the masks are values
+    labels8 = labels.astype(np.uint8)  # 8-bit ids keep the label-map refusal
+    save(root / "train/masks/s000.tif", labels8)
+    problems = check_data(root).problems
+    assert len(problems) == 1 and "looks like a label map" in problems[0]
+
+
 def test_non_image_files_are_notes_not_problems(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "d", {"train": 2, "val": 1, "test": 1})
     (root / "train/images/README.txt").write_text("hi")

@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from msrfnet.data.files import pair_files
-from msrfnet.data.io import label_map_reason, read_image, read_mask
+from msrfnet.data.io import (
+    binarise_mask,
+    count_objects,
+    is_instance_label_mask,
+    label_map_reason,
+    read_image,
+    read_mask,
+)
 from msrfnet.errors import MSRFError
 
 # ---------------------------------------------------------------- pairing
@@ -203,6 +210,47 @@ def test_instance_label_mask_raises() -> None:
     assert label_map_reason(inst) is not None
     assert label_map_reason(np.where(inst > 0, 255, 0).astype(np.uint8)) is None
     assert label_map_reason(np.zeros((5, 5), np.uint8)) is None
+
+
+def _instances(h: int = 40, w: int = 48, n: int = 5) -> np.ndarray:
+    """A uint16 instance label image: ``n`` separate squares with ids 1..n (each well under half
+    of the nominal range), as napari, Cellpose or StarDist save them."""
+    labels = np.zeros((h, w), np.uint16)
+    for k in range(1, n + 1):
+        labels[2 + 7 * (k - 1) : 7 + 7 * (k - 1), 3 * k : 3 * k + 5] = k
+    return labels
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_uint16_instance_labels_are_masks_without_a_threshold(tmp_path: Path, ext) -> None:
+    """Issue 21, item 5: foreground = label > 0, told by dtype and value range."""
+    labels = _instances()
+    path = tmp_path / f"lab{ext}"
+    cv2.imwrite(str(path), labels)
+    assert is_instance_label_mask(labels) and count_objects(labels) == 5
+    assert (read_mask(path) == (labels > 0)).all()
+    # a given threshold keeps its meaning: value > T
+    assert (read_mask(path, mask_threshold=3) == (labels > 3)).all()
+
+
+def test_wide_integer_labels_with_many_objects_are_masks() -> None:
+    labels = np.zeros((8, 8), np.int32)
+    labels[:2, :2], labels[5:, 5:] = 70_000, 70_001  # ids above 16 bits (a whole slide's export)
+    assert is_instance_label_mask(labels) and (binarise_mask(labels) == (labels > 0)).all()
+
+
+def test_what_is_not_an_instance_label_image_keeps_its_rule() -> None:
+    labels = _instances()
+    assert not is_instance_label_mask(labels.astype(np.uint8))  # 8-bit: the label-map refusal
+    with pytest.raises(MSRFError, match="looks like a label map"):
+        binarise_mask(labels.astype(np.uint8))
+    full = np.where(labels > 0, 65535, 0).astype(np.uint16)
+    assert not is_instance_label_mask(full) and (binarise_mask(full) == (labels > 0)).all()
+    ramp = np.linspace(0, 65535, 40 * 48).reshape(40, 48).astype(np.uint16)  # anti-aliased edge
+    assert not is_instance_label_mask(ramp) and (binarise_mask(ramp) == (ramp > 32767.5)).all()
+    assert not is_instance_label_mask((labels > 0).astype(np.uint16))  # 0/1: the same either way
+    assert not is_instance_label_mask(-labels.astype(np.int32))  # negative ids: not labels
+    assert not is_instance_label_mask(labels.astype(np.float32))
 
 
 def test_boundary_class_mask_raises() -> None:

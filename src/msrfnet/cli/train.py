@@ -1,6 +1,7 @@
 """``msrf train``: its options are made from the :class:`~msrfnet.config.Config` fields that declare
-a flag (:data:`msrfnet.config.OPTIONS`: name, rule, help, section, in one place); and the demo
-defaults on the bundled sample."""
+a flag (:data:`msrfnet.config.OPTIONS`: name, rule, help, section, in one place); the demo
+defaults on the bundled sample; and ``--weights W``, a fine-tune, configured by
+:func:`msrfnet.train.start.finetune_config` (what :func:`msrfnet.finetune` runs too)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     given = _explicit(args)
     _native_scale(given)
+    if args.resume and "weights" in given:
+        raise MSRFError(
+            f"--resume {args.resume} and --weights {given['weights']}: --resume continues a run "
+            "from its own last checkpoint (optimizer state included), --weights starts a new "
+            "run from weights; give one of them"
+        )
+    if "weights" in given:
+        return _finetune(given)
     if args.resume:
         config = resume_config(args.resume)
         for k, v in given.items():
@@ -74,6 +83,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                 + ", ".join(f"{OPTIONS[k].flag} {v}" for k, v in demo.items())
             )
     train(config)
+    return 0
+
+
+def _finetune(given: dict) -> int:
+    """``msrf train --weights W``: a fine-tune (:func:`msrfnet.train.finetune.train_from_weights`,
+    the path of :func:`msrfnet.finetune` too), its defaults said on stdout."""
+    from msrfnet.train.finetune import train_from_weights
+
+    train_from_weights(given, print)
     return 0
 
 

@@ -18,6 +18,8 @@ from msrfnet.data.files import IMAGE_EXTENSIONS, Pair, display_name, pair_files
 from msrfnet.data.io import (
     binarise_mask,
     check_mask_threshold,
+    count_objects,
+    is_instance_label_mask,
     mask_channel,
     read_image,
     read_raw,
@@ -100,40 +102,53 @@ def _table(splits: dict[str, SplitSummary]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def _check_pair(
-    pair: Pair, root: Path, mask_threshold: float | None
-) -> tuple[list[str], tuple[int, int] | None, float | None, tuple[float, float] | None]:
-    """Decode one pair: (problems, image size H×W or None, foreground fraction or None, the
-    mask's smallest and largest value or None)."""
-    problems: list[str] = []
+@dataclass
+class _PairResult:
+    """What :func:`_check_pair` found: the problems, the image size H×W, the foreground
+    fraction, the mask's smallest and largest value, and its objects if it is an instance label
+    image (:func:`~msrfnet.data.io.is_instance_label_mask`)."""
+
+    problems: list[str]
+    size: tuple[int, int] | None = None
+    foreground: float | None = None
+    values: tuple[float, float] | None = None
+    objects: int | None = None
+
+
+def _check_pair(pair: Pair, root: Path, mask_threshold: float | None) -> _PairResult:
+    """Decode one pair: the problems found, and its numbers where it is readable."""
+    out = _PairResult(problems=[])
     image_name, mask_name = display_name(pair.image, root), display_name(pair.mask, root)
     size = grey = None
     try:
         size = read_image(pair.image, name=image_name).shape[:2]
     except MSRFError as err:
-        problems.append(str(err))
+        out.problems.append(str(err))
     try:
         grey = mask_channel(read_raw(pair.mask, name=mask_name, keep_indices=True))
     except MSRFError as err:
-        problems.append(str(err))
+        out.problems.append(str(err))
     if grey is None:
-        return problems, size, None, None
-    values = (float(grey.min()), float(grey.max())) if grey.size else None
+        out.size = size
+        return out
+    out.values = (float(grey.min()), float(grey.max())) if grey.size else None
     if size is not None and grey.shape[:2] != size:
         mh, mw = grey.shape[:2]
-        problems.append(
+        out.problems.append(
             f"{mask_name}: size {mh}x{mw} differs from its image {image_name} "
             f"({size[0]}x{size[1]}, HxW)"
         )
-        return problems, None, None, values
+        return out
     try:
         foreground = binarise_mask(grey, mask_threshold=mask_threshold, name=mask_name)
     except MSRFError as err:
-        problems.append(str(err))
-        return problems, None, None, values
-    if size is None:
-        return problems, None, None, values
-    return problems, size, float(foreground.mean()), values
+        out.problems.append(str(err))
+        return out
+    if mask_threshold is None and is_instance_label_mask(grey):
+        out.objects = count_objects(grey)
+    if size is not None:
+        out.size, out.foreground = size, float(foreground.mean())
+    return out
 
 
 def _skipped_files(folder: Path) -> list[str]:
@@ -155,6 +170,8 @@ def check_data(
 
     Finds missing split folders, unpaired files, unreadable / corrupt / zero-byte files, image–mask
     size mismatches, empty splits and label-map masks (allowed when ``mask_threshold`` is given).
+    Instance label images (16-bit ids, :func:`~msrfnet.data.io.is_instance_label_mask`) are masks
+    with foreground = label > 0; one note says how many masks are such and their objects.
     Never raises for a problem in the data; it collects them all. ``workers`` threads decode
     (default: CPU count + 2, at most 16).
     """
@@ -210,14 +227,21 @@ def check_data(
     threads = workers or min(16, (os.cpu_count() or 1) + 2)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         results = list(pool.map(lambda item: _check_pair(item[1], root, mask_threshold), work))
-    ranges = []
-    for (split, _), (problems, size, fg, values) in zip(work, results):
-        report.problems += problems
-        if values is not None:
-            ranges.append(values)
-        if size is not None and fg is not None:
-            report.splits[split].sizes.append((int(size[0]), int(size[1])))
-            report.splits[split].foreground.append(fg)
+    ranges, objects = [], []
+    for (split, _), result in zip(work, results):
+        report.problems += result.problems
+        if result.values is not None:
+            ranges.append(result.values)
+        if result.objects is not None:
+            objects.append(result.objects)
+        if result.size is not None and result.foreground is not None:
+            report.splits[split].sizes.append((int(result.size[0]), int(result.size[1])))
+            report.splits[split].foreground.append(result.foreground)
+    if objects:
+        report.notes.append(
+            f"masks: {len(objects)} of {len(work)} are instance label images (16-bit ids, "
+            f"0 = background), {sum(objects)} objects in all; foreground = label > 0"
+        )
     _check_foreground(report, mask_threshold, ranges)
     report.seconds = time.perf_counter() - start
     return report

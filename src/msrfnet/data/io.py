@@ -21,6 +21,9 @@ Rules (documented in the user docs; tests pin each one):
   their indices) and then a boolean foreground:
 
   - with ``mask_threshold`` given: foreground = value > threshold;
+  - otherwise, an *instance label image* (one channel of 16-bit or wider integers, 0 = background
+    and one id per object, as napari, Cellpose, StarDist and QuPath export them; see
+    :func:`is_instance_label_mask`) gives foreground = label > 0;
   - otherwise the *nominal range* R is 1 if max ≤ 1 (a 0/1 or [0, 1] mask), else 255 if max ≤ 255,
     else 65535 (else the max), and foreground = value > R/2. So 0/255, 0/1, 0/65535 and JPEG-noisy
     0/255 masks all work;
@@ -59,6 +62,8 @@ __all__ = [
     "mask_channel",
     "nominal_range",
     "label_map_reason",
+    "is_instance_label_mask",
+    "count_objects",
     "check_mask_threshold",
     "binarise_mask",
     "read_mask",
@@ -319,6 +324,28 @@ def label_map_reason(grey: np.ndarray) -> str | None:
     return f"looks like a label map, not a binary mask (values {shown}{more})"
 
 
+def is_instance_label_mask(grey: np.ndarray) -> bool:
+    """Whether a one-channel mask is an instance label image, read as foreground = label > 0.
+
+    Told by dtype and value range: integers of 16 bits or more (8-bit files keep the label-map
+    refusal: a 0/1/2/3 class map is as likely as instances there), no negative value, a max of at
+    least 2 (0/1 masks binarise alike either way), and a max that the half-range rule would lose:
+    at most half the nominal range (ids up to 32767 in a uint16 file; a 0/65535 or anti-aliased
+    16-bit mask keeps the binary rule), or above 65535 in a 32/64-bit file."""
+    if grey.ndim != 2 or grey.dtype.kind not in "iu" or grey.dtype.itemsize < 2 or not grey.size:
+        return False
+    low, top = int(grey.min()), int(grey.max())
+    if low < 0 or top < 2:
+        return False
+    return top <= nominal_range(grey) / 2 or (grey.dtype.itemsize >= 4 and top > 65535)
+
+
+def count_objects(labels: np.ndarray) -> int:
+    """The number of distinct non-zero ids of a label image (its objects)."""
+    values = np.unique(labels)
+    return int(np.count_nonzero(values))
+
+
 def check_mask_threshold(mask_threshold: float) -> float:
     """``mask_threshold`` if it is a finite number, else a one-line error naming the option."""
     if not np.isfinite(mask_threshold):
@@ -335,10 +362,13 @@ def binarise_mask(
     """Foreground (bool H×W) of a one-channel mask by the module's rules; raises on label maps."""
     if mask_threshold is not None:
         return grey > check_mask_threshold(mask_threshold)
+    if is_instance_label_mask(grey):
+        return grey > 0
     reason = label_map_reason(grey)
     if reason is not None:
         raise MSRFError(
-            f"{name}: {reason}; binary masks must be 0/255 or 0/1 — set mask_threshold "
+            f"{name}: {reason}; binary masks must be 0/255 or 0/1 (instance label images: "
+            "16-bit, 0 = background) — set mask_threshold "
             "(--mask-threshold T) to take value > T as foreground"
         )
     return grey > nominal_range(grey) / 2

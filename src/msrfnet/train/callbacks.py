@@ -93,6 +93,10 @@ class ProgressBar(TQDMProgressBar):
         bar.reset(total=total)
         bar.total, bar.initial = total, 0  # reset keeps the old total when the new one is None
 
+    @property
+    def sanity_check_description(self) -> str:
+        return "Validation before training (epoch 0)"  # the only sanity check msrf train runs
+
     def get_metrics(self, trainer: L.Trainer, pl_module) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
@@ -164,27 +168,38 @@ def _epoch_of(row: dict[str, str]) -> float:
 
 class WeightsExport(L.Callback):
     """After each validation: ``last.safetensors`` always, ``best.safetensors`` when ``val/dsc``
-    improves — the weights with config, metrics and package versions, safe to share."""
+    improves — the weights with config, metrics and package versions, safe to share. A fine-tune's
+    validation before training (epoch 0) counts too: the starting weights are the best until
+    the fine-tune beats them."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.best = float("-inf")
+        self.best_epoch: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
+        return {"best": self.best, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = float(state_dict.get("best", float("-inf")))
+        self.best_epoch = state_dict.get("best_epoch")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        metrics["epoch"] = trainer.current_epoch + 1  # counted from 1, as history.csv and the bar
-        save_weights(self.run_dir / "last.safetensors", pl_module.model, pl_module.config, metrics)
+        if trainer.sanity_checking:  # the validation before training: a fine-tune's start
+            if not pl_module.config.start_weights:
+                return
+            metrics["epoch"] = 0
+        else:
+            metrics["epoch"] = trainer.current_epoch + 1  # from 1, as history.csv and the bar
+            save_weights(
+                self.run_dir / "last.safetensors", pl_module.model, pl_module.config, metrics
+            )
         dsc = metrics.get("val/dsc", float("nan"))
         if dsc > self.best:
-            self.best = dsc
+            self.best, self.best_epoch = dsc, metrics["epoch"]
             save_weights(
                 self.run_dir / "best.safetensors", pl_module.model, pl_module.config, metrics
             )
@@ -209,6 +224,24 @@ class CurvePlot(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
         self._offset = self.rows[-1]["elapsed_s"] if self.rows else 0.0
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        """The validation before training (``validate_first``): row ``epoch 0``, and one line."""
+        if not trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        get = lambda k: float(m[k]) if k in m else float("nan")  # noqa: E731
+        row = {"epoch": 0, "elapsed_s": 0.0, "train_loss": float("nan")}
+        row.update(val_loss=get("val/loss"), val_dsc=get("val/dsc"), precise_bn=0.0)
+        self.rows = [r for r in self.rows if r["epoch"] != 0] + [row]
+        self.rows.sort(key=lambda r: r["epoch"])
+        what = "the starting weights" if pl_module.config.start_weights else "the initial weights"
+        log.info("epoch 0 (before training): validation DSC %.4f (%s)", row["val_dsc"], what)
+        self._write()
+
+    def start_row(self) -> dict[str, float] | None:
+        """The row of the validation before training (epoch 0), if the run made one."""
+        return next((r for r in self.rows if r["epoch"] == 0), None)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}

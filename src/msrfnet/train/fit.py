@@ -11,7 +11,7 @@ A run directory holds:
   continues them in the same folder), ``history.csv`` and ``curves.png`` — loss and validation DSC
   per epoch, the whole run across resumes;
 - ``predictions.png`` — image | truth | prediction of the first validation images, by the best
-  weights (written at the end).
+  weights, and ``MODEL_CARD.md`` — what was trained, from what and how well (written at the end).
 """
 
 from __future__ import annotations
@@ -29,11 +29,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from msrfnet.config import Config, check_resume_changes
+from msrfnet.config import Config
 from msrfnet.data import MSRFDataModule, check_data, resolve_data_root
 from msrfnet.errors import MSRFError, first_line
-from msrfnet.model import MSRFNet
-from msrfnet.model.pretrained import check_state_fits
 from msrfnet.safe_output import io_error
 from msrfnet.train.callbacks import (
     AtomicCheckpointIO,
@@ -44,10 +42,12 @@ from msrfnet.train.callbacks import (
     WeightsExport,
     plot_predictions,
 )
+from msrfnet.train.card import RunSummary, write_model_card
 from msrfnet.train.machine import check_devices, check_training_memory
 from msrfnet.train.module import MSRFModule, resolve_precision
 from msrfnet.train.precise_bn import PreciseBN
-from msrfnet.weights.checkpoint import _torch_load_safe, clean_state_dict
+from msrfnet.train.resume import check_resume, remove_partial_writes, resume_config
+from msrfnet.train.start import load_start, read_start
 
 __all__ = [
     "RUN_DIR_ENV",
@@ -166,6 +166,8 @@ def _without_lightning_noise():
         warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)`", FutureWarning)
         # a resumed run's checkpoints/ holds last.ckpt, the very file it resumes from: expected
         warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty\.$")
+        # frozen BatchNorm layers (a fine-tune's default) are in eval mode on purpose
+        warnings.filterwarnings("ignore", r"Found \d+ module\(s\) in eval mode at the start")
         yield
 
 
@@ -225,7 +227,8 @@ def build_trainer(
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
-        num_sanity_val_steps=0,
+        # the validation before training (epoch 0) is Lightning's sanity check over every batch
+        num_sanity_val_steps=-1 if config.validate_first and first_epoch == 0 else 0,
         default_root_dir=str(run_dir),
         enable_model_summary=False,
     )
@@ -237,58 +240,6 @@ def _devices(spec: str) -> int | list[int] | str:
     if "," in spec:
         return [int(s) for s in spec.split(",") if s]
     return spec
-
-
-def _remove_partial_writes(run_dir: Path) -> None:
-    """Delete the temporary files of writes that a killed run left (``.<name>.<random>.tmp`` from
-    :func:`~msrfnet.weights.checkpoint.atomic_write`; a full training state is ~300 MB)."""
-    for folder in (run_dir, run_dir / "checkpoints"):
-        for tmp in folder.glob(".*.tmp"):
-            if tmp.is_file():
-                log.info("removing %s, left by an interrupted write", tmp)
-                tmp.unlink(missing_ok=True)
-
-
-def resume_config(run_dir: str | Path) -> Config:
-    """The config a run was started with (its ``config.yaml``, validated: one line naming the
-    file when it is unreadable or corrupt)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise MSRFError(f"{run_dir}: not a run directory (no config.yaml)")
-    return Config.load(path)
-
-
-def _check_resume(run_dir: Path, config: Config) -> tuple[Path, int, int]:
-    """Everything ``--resume`` needs, checked before anything is written: the checkpoint is safe
-    and fits ``config``; ``config`` changes only what :data:`~msrfnet.config.RESUME_CHANGEABLE`
-    allows, against ``config.yaml`` and the checkpoint's own config; epochs remain to be trained.
-    Returns the checkpoint's path, optimizer step and number of epochs done."""
-
-    ckpt_path = run_dir / "checkpoints" / "last.ckpt"
-    if not ckpt_path.is_file():
-        raise MSRFError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
-    check_resume_changes(resume_config(run_dir), config)
-    ckpt = _torch_load_safe(ckpt_path)  # refuses an unsafe or corrupt checkpoint
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise MSRFError(f"{ckpt_path}: not a training checkpoint of msrf train (no state_dict)")
-    hp = ckpt.get("hyper_parameters")
-    saved = hp.get("config") if isinstance(hp, dict) else None
-    if isinstance(saved, dict):
-        try:
-            check_resume_changes(Config.from_dict(saved), config)
-        except MSRFError as e:
-            raise MSRFError(
-                f"{ckpt_path}: {e} (config.yaml disagrees with this checkpoint)"
-            ) from None
-    model = MSRFNet(config.in_channels, config.num_classes, config.variant)
-    check_state_fits(ckpt_path, clean_state_dict(ckpt["state_dict"]), model)
-    done = int(ckpt.get("epoch", -1)) + 1
-    if done >= config.epochs:
-        raise MSRFError(
-            f"{run_dir}: {done} of {config.epochs} epochs are done, nothing to resume; "
-            f"give more --epochs"
-        )
-    return ckpt_path, int(ckpt.get("global_step", 0)), done
 
 
 def _check_machine(config: Config) -> float:
@@ -319,14 +270,16 @@ def train(config: Config, resume: str | Path | None = None) -> Path:
     """Train MSRF-Net; returns the run directory. Progress lines are logged at INFO.
 
     ``resume`` continues the run in that directory from ``checkpoints/last.ckpt`` (weights,
-    optimizer, epoch, best score, RNG state); ``config`` should then be :func:`resume_config` of it,
-    with any deliberate change (e.g. more ``epochs``).
+    optimizer, epoch, best score, RNG state); ``config`` should then be :func:`resume_config` of
+    it, with any deliberate change (e.g. more ``epochs``). A new run with ``config.weights``
+    starts from those weights (:mod:`msrfnet.train.start`: read, never written; recorded in
+    ``config.yaml`` as ``start_weights``).
 
     Before anything is written: ``config`` is validated, a resume is checked against its run
-    (:func:`_check_resume`), and the devices and memory against this machine. A new run gets a
-    folder of its own (:func:`new_run_dir`), removed again if the set-up fails. An I/O error is one
-    line naming the path and the cause; a training that ran no optimizer step, or wrote no
-    weights, fails.
+    (:func:`~msrfnet.train.resume.check_resume`), the starting weights are read and checked, and
+    the devices and memory against this machine. A new run gets a folder of its own
+    (:func:`new_run_dir`), removed again if the set-up fails. An I/O error is one line naming the
+    path and the cause; a training that ran no optimizer step, or wrote no weights, fails.
     """
 
     config.validate()
@@ -337,15 +290,16 @@ def train(config: Config, resume: str | Path | None = None) -> Path:
     ckpt_path, step0, done, rank0 = None, 0, 0, _is_rank_zero()
     if resume is not None:
         run_dir = Path(resume)
-        ckpt_path, step0, done = _check_resume(run_dir, config)
+        ckpt_path, step0, done = check_resume(run_dir, config)
     elif not config.name and _external_launch():
         raise MSRFError(
             "a multi-process launch (torchrun, srun) needs --name, so that every "
             "process uses the same run folder"
         )
+    start = read_start(config) if resume is None else None
     memory = _check_machine(config)
     if resume is not None and rank0:
-        _remove_partial_writes(run_dir)
+        remove_partial_writes(run_dir)
     root, message = resolve_data_root(config.data)
     log.info(message)
     log.info(validate_dataset(root, config))
@@ -365,21 +319,12 @@ def train(config: Config, resume: str | Path | None = None) -> Path:
             )
         steps = n_train // config.batch_size
         module = MSRFModule(config)
+        if start is not None:
+            load_start(module.model, *start)
         trainer = _build_trainer(config, run_dir, steps, done)
         if rank0:
             config.save(run_dir / "config.yaml")
-    if config.patch_size:
-        scale = f" of the images × {config.scale:g}" if config.scale else " at native scale"
-        how = f"as random {config.patch_size}² crops{scale} (val: centre crops)"
-    else:
-        how = f"at {config.image_size}²"
-    log.info(
-        f"run: {run_dir} | {n_train} train / {len(datamodule.val_set)} val images {how} | variant "
-        f"{config.variant} | {config.epochs} epochs × {steps} steps of {config.batch_size} | lr "
-        f"{config.lr} | precision {resolve_precision(config)} | augment "
-        f"{'on' if config.augment else 'off'} | "
-        f"~{memory:.2f} GiB of activations per step and device"
-    )
+    log.info(_run_line(config, run_dir, datamodule, steps, memory))
     t0 = time.perf_counter()
     with _failures(run_dir, discard=False), _without_lightning_noise():
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
@@ -394,13 +339,54 @@ def train(config: Config, resume: str | Path | None = None) -> Path:
         raise MSRFError(
             f"{run_dir}: training stopped before its first validation; no weights were written"
         )
-    elapsed = time.perf_counter() - t0
-    best = next(c.best for c in trainer.callbacks if isinstance(c, WeightsExport))
+    _finish(trainer, config, run_dir, datamodule, time.perf_counter() - t0)
+    return run_dir
+
+
+def _run_line(config: Config, run_dir: Path, datamodule, steps: int, memory: float) -> str:
+    """The line that says what the run does, before its first epoch."""
+    if config.patch_size:
+        scale = f" of the images × {config.scale:g}" if config.scale else " at native scale"
+        how = f"as random {config.patch_size}² crops{scale} (val: centre crops)"
+    else:
+        how = f"at {config.image_size}²"
+    start = ""
+    if config.start_weights:
+        record = config.start_weights
+        start = f" | from {record['file']} (sha256 {record['sha256'][:12]})"
+        start += f" | BatchNorm {'frozen' if config.precise_bn == 'frozen' else 'trained'}"
+        start += f" | {config.freeze} frozen" if config.freeze else ""
+    schedule = config.schedule + (
+        f", {config.warmup_steps} warm-up steps" * bool(config.warmup_steps)
+    )
+    return (
+        f"run: {run_dir} | {len(datamodule.train_set)} train / {len(datamodule.val_set)} val "
+        f"images {how} | variant {config.variant}{start} | {config.epochs} epochs × {steps} "
+        f"steps of {config.batch_size} | lr {config.lr} ({schedule}) | precision "
+        f"{resolve_precision(config)} | augment {'on' if config.augment else 'off'} | "
+        f"~{memory:.2f} GiB of activations per step and device"
+    )
+
+
+def _finish(trainer: L.Trainer, config: Config, run_dir: Path, datamodule, elapsed: float) -> None:
+    """The run's last lines (best DSC, where it started, the files), and on rank 0 the
+    validation predictions of the best weights and the run's model card."""
+    export = next(c for c in trainer.callbacks if isinstance(c, WeightsExport))
+    plot = next(c for c in trainer.callbacks if isinstance(c, CurvePlot))
     applied = next(c.applied for c in trainer.callbacks if isinstance(c, PreciseBN))
     note = f" (BatchNorm statistics recomputed before {sum(applied)} of {len(applied)} validations)"
+    first = plot.start_row()
+    begin = f"; before training {first['val_dsc']:.4f}" if first else ""
+    at = f" (epoch {export.best_epoch})" if export.best_epoch is not None else ""
     log.info(
-        f"done in {elapsed:.0f} s; best validation DSC {best:.4f}" + (note if any(applied) else "")
+        f"done in {elapsed:.0f} s; best validation DSC {export.best:.4f}{at}{begin}"
+        + (note if any(applied) else "")
     )
+    if config.start_weights and export.best_epoch == 0:
+        log.warning(
+            "the fine-tune did not improve on the starting weights' validation DSC; "
+            "best.safetensors holds the starting weights"
+        )
     log.info(f"weights: {run_dir / 'best.safetensors'}; curves: {run_dir / 'curves.png'}")
     if trainer.is_global_zero and (run_dir / "best.safetensors").is_file():
         figure = plot_predictions(
@@ -410,4 +396,5 @@ def train(config: Config, resume: str | Path | None = None) -> Path:
             config.threshold,
         )
         log.info(f"validation predictions of the best weights: {figure}")
-    return run_dir
+        card = write_model_card(run_dir, config, RunSummary.of(export, plot, datamodule, elapsed))
+        log.info(f"model card: {card}")

@@ -1,7 +1,10 @@
 """Training on Lightning: a thin LightningModule around MSRFNet + MSRFLoss, and the Trainer set-up.
 
 Defaults are the original recipe (spec §2.3–2.4): Adam lr 1e-4, batch 4, 125 epochs, constant LR,
-best checkpoint by mean per-image validation DSC at threshold 0.5 (empty/empty = 1). Data arrive as
+best checkpoint by mean per-image validation DSC at threshold 0.5 (empty/empty = 1). For a
+fine-tune (msrfnet/train/start.py): a linear warm-up (``warmup_steps``), BatchNorm layers kept in
+eval mode (``precise_bn frozen``, and those of a frozen part) and the encoder's or the backbone's
+weights held fixed (``freeze``). Data arrive as
 uint8 tensors and are scaled on the device; the validation DSC is gathered across ranks by image
 index so that DDP scores the whole validation set exactly once.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from typing import Any
@@ -17,6 +21,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from msrfnet.config import Config
 from msrfnet.errors import MSRFError
@@ -66,6 +71,35 @@ class _TimeCosine:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (now - self.start) / self.seconds)))
 
 
+class _Schedule:
+    """LR factor of a run with a warm-up: linear over the first ``warmup`` optimizer steps, then
+    (``cosine``) ``½(1 + cos(π·p))`` with ``p`` the larger of the share of the ``total`` steps
+    done and of the ``seconds`` budget spent (so it reaches 0 when the first of the two ends),
+    else 1. Its attributes are what a checkpoint saves (LambdaLR keeps ``__dict__``): the time
+    spent, and the process that measured it (a resumed run counts again from there)."""
+
+    def __init__(self, warmup: int, total: int, cosine: bool, seconds: float | None = None):
+        self.warmup, self.total, self.cosine, self.seconds = warmup, max(1, total), cosine, seconds
+        self.spent, self.clock = 0.0, None
+
+    def _tick(self, step: int) -> float:
+        now, pid = time.perf_counter(), os.getpid()
+        if step > 1 and self.clock is not None and self.clock[0] == pid:
+            self.spent += now - self.clock[1]  # the first step's time is not counted
+        self.clock = (pid, now)
+        return self.spent
+
+    def __call__(self, step: int) -> float:
+        factor = min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
+        spent = self._tick(step)
+        if not self.cosine:
+            return factor
+        done = step / self.total
+        if self.seconds:
+            done = max(done, spent / self.seconds)
+        return factor * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+
+
 class MSRFModule(L.LightningModule):
     def __init__(self, config: Config | dict):
         super().__init__()
@@ -79,11 +113,35 @@ class MSRFModule(L.LightningModule):
         )
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        for part in self.frozen_parts():
+            part.requires_grad_(False)
         self.criterion = MSRFLoss()
         self._compiled = None
         self._nonfinite = None
         self._val_scores: list[torch.Tensor] = []
         self._val_index: list[torch.Tensor] = []
+
+    def frozen_parts(self) -> list[torch.nn.Module]:
+        """The parts of the network whose weights ``freeze`` holds fixed."""
+        parts = {"encoder": ("encoder",), "backbone": ("encoder", "msrf")}
+        return [getattr(self.model, name) for name in parts.get(self.config.freeze or "", ())]
+
+    def frozen_batch_norms(self) -> list[_BatchNorm]:
+        """The BN layers kept in eval mode while training: all of them with ``precise_bn
+        frozen``, else those of the :meth:`frozen_parts`."""
+        scopes = [self.model] if self.config.precise_bn == "frozen" else self.frozen_parts()
+        return [m for scope in scopes for m in scope.modules() if isinstance(m, _BatchNorm)]
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``, with the frozen BN layers (:meth:`frozen_batch_norms`) left in
+        eval mode: they normalise with, and never update, the starting weights' statistics."""
+        super().train(mode)
+        for bn in self.frozen_batch_norms():
+            bn.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        self.train(self.training)  # the module is built in train mode without calling train()
 
     # --- forward ------------------------------------------------------------------------------
     def _net(self):
@@ -161,12 +219,21 @@ class MSRFModule(L.LightningModule):
     def configure_optimizers(self):
         fused = self.device.type == "cuda" if isinstance(self.device, torch.device) else False
         opt = torch.optim.Adam(
-            self.model.parameters(),
+            [p for p in self.model.parameters() if p.requires_grad],
             lr=self.config.lr,
             betas=(0.9, 0.999),
             eps=1e-8,
             fused=fused or None,
         )
+        if self.config.warmup_steps:
+            schedule = _Schedule(
+                self.config.warmup_steps,
+                int(self.trainer.estimated_stepping_batches),
+                self.config.schedule == "cosine",
+                60.0 * self.config.max_minutes if self.config.max_minutes else None,
+            )
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if self.config.schedule == "cosine" and self.config.max_minutes:
             # a run bounded by time anneals over its time budget (not repeatable to the step)
             sched = torch.optim.lr_scheduler.LambdaLR(

@@ -14,6 +14,8 @@ forgotten its initial values. For momentum 0.01 that is ``t < 459``: the origina
 (134 steps an epoch) is recalibrated after epochs 1–3 only and left to the EMA from epoch 4 on.
 ``on`` recomputes before every validation, ``off`` never. Training itself is unchanged either way
 (train-mode BN uses batch statistics; the RNG is forked, the training loader is not touched).
+``frozen`` (a fine-tune's default) never recomputes either: its BN layers stay in eval mode with
+the starting weights' statistics throughout (:meth:`msrfnet.train.module.MSRFModule.train`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Which weights ``msrf test``, ``msrf predict`` and ``msrf export`` use.
 
-``--weights`` may name a run folder (its ``best.safetensors``), a ``.safetensors`` file or a
-Lightning ``.ckpt``/``.pt``. Without it:
+``--weights`` may name a run folder (its ``best.safetensors``), a ``.safetensors`` file, a
+Lightning ``.ckpt``/``.pt``, a Hub-layout folder or ``shipped`` (the shipped weights). Without it:
 
 * ``msrf test`` (``prefer_runs=True``) evaluates what was just trained: the newest run under
   ``./runs`` that has a ``best.safetensors`` (newest = most recently written ``best.safetensors``),
@@ -23,6 +23,7 @@ from msrfnet.weights.checkpoint import HUB_WEIGHTS, WEIGHTS_NAME
 
 __all__ = [
     "SHIPPED_WEIGHTS",
+    "SHIPPED",
     "RUNS_DIR",
     "CHECKPOINT_SUFFIXES",
     "NO_WEIGHTS",
@@ -34,6 +35,10 @@ __all__ = [
 
 #: The weights trained on the 2018 Data Science Bowl split, shipped with the package.
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "msrfnet_kdsb.safetensors"
+
+#: ``--weights shipped`` names the shipped weights (a file or folder of that name, if one exists
+#: in the working folder, is taken instead: the name says what it always said).
+SHIPPED = "shipped"
 
 #: Where ``msrf train`` puts its run directories (``Config.out``'s default).
 RUNS_DIR = Path("runs")
@@ -58,7 +63,12 @@ def newest_run(runs: str | Path | None = None) -> Path | None:
 
 
 def explicit_weights(weights: str | Path) -> Path:
-    """The checkpoint file that ``--weights`` names (a run folder becomes its best.safetensors)."""
+    """The checkpoint file that ``--weights`` names (a run folder becomes its best.safetensors,
+    ``shipped`` the shipped weights)."""
+    if str(weights) == SHIPPED and not Path(SHIPPED).exists():
+        if not SHIPPED_WEIGHTS.is_file():
+            raise MSRFError(f"--weights shipped: {SHIPPED_WEIGHTS} is not installed")
+        return SHIPPED_WEIGHTS
     path = Path(weights).expanduser()
     if path.is_dir():
         if (path / HUB_WEIGHTS).is_file():  # a save_pretrained folder
